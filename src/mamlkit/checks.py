@@ -1,0 +1,76 @@
+"""Shape, dtype and value checks at the library's boundary, each failing with a one-line fix."""
+
+import math
+
+import torch
+from torch import Tensor
+
+from mamlkit.errors import MamlkitError
+
+_NAMES = ("support_x", "support_y", "query_x", "query_y")
+
+
+def check_steps(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MamlkitError(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def check_learning_rate(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise MamlkitError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_input_dtype(name: str, x: Tensor, reference: Tensor) -> None:
+    if x.is_floating_point() and x.dtype != reference.dtype:
+        raise MamlkitError(
+            f"{name} is {x.dtype} but the model's parameters are {reference.dtype}; "
+            f"convert one of them (e.g. {name}.to({reference.dtype}) or model.to({x.dtype}))")
+    if x.device != reference.device:
+        raise MamlkitError(f"{name} is on {x.device} but the model is on {reference.device}; "
+                           f"move them to the same device")
+
+
+def check_task_batch(tensors: tuple[Tensor, ...], reference: Tensor | None) -> None:
+    """Tensors ``[T, n, ...]`` for support/query inputs and targets, consistent with each other."""
+    for name, t in zip(_NAMES, tensors):
+        if not isinstance(t, Tensor):
+            raise MamlkitError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise MamlkitError(f"{name} has shape {tuple(t.shape)}; task batches need a leading task "
+                               f"dimension and an example dimension [T, n, ...] (use x.unsqueeze(0) for one task)")
+    sx, sy, qx, qy = tensors
+    tasks = {name: t.shape[0] for name, t in zip(_NAMES, tensors)}
+    if len(set(tasks.values())) > 1:
+        raise MamlkitError(f"the task dimension differs between tensors {tasks}; every tensor needs the same leading size T")
+    for x_name, x, y_name, y in (("support_x", sx, "support_y", sy), ("query_x", qx, "query_y", qy)):
+        if x.shape[1] != y.shape[1]:
+            raise MamlkitError(f"{x_name} has {x.shape[1]} examples per task but {y_name} has {y.shape[1]}; "
+                               f"inputs and targets need one row each")
+    if sx.shape[2:] != qx.shape[2:]:
+        raise MamlkitError(f"support_x examples have shape {tuple(sx.shape[2:])} but query_x examples have "
+                           f"{tuple(qx.shape[2:])}; support and query inputs must match")
+    if sy.shape[2:] != qy.shape[2:] or sy.dtype != qy.dtype:
+        raise MamlkitError(f"support_y ({tuple(sy.shape[2:])}, {sy.dtype}) and query_y ({tuple(qy.shape[2:])}, "
+                           f"{qy.dtype}) targets differ in shape or dtype; they must match")
+    if reference is not None:
+        for name, t in zip(_NAMES, tensors):
+            _check_input_dtype(name, t, reference)
+
+
+def check_task(x: Tensor, y: Tensor, reference: Tensor | None) -> None:
+    """One task's ``x [n, ...]`` and ``y [n, ...]``."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, Tensor) or t.dim() < 1:
+            raise MamlkitError(f"{name} must be a tensor with an example dimension [n, ...]")
+    if x.shape[0] != y.shape[0]:
+        raise MamlkitError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; they need one row each")
+    if reference is not None:
+        _check_input_dtype("x", x, reference)
+        _check_input_dtype("y", y, reference)
+
+
+def check_finite(loss: float, iteration: int, hint: str) -> None:
+    if not math.isfinite(loss):
+        raise MamlkitError(f"the loss became {loss} at iteration {iteration}; {hint}")

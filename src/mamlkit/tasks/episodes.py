@@ -1,0 +1,114 @@
+"""N-way K-shot episodes drawn from a class-grouped uint8 image tensor by pure indexing.
+
+A batch of T tasks is a handful of tensor ops (random permutations, one gather, three masked
+``rot90``s), so sampling costs far less than the meta-update and needs no worker processes on
+most machines; :func:`prefetch` still offers them, and yields exactly the batches the
+single-process path does because every iteration draws from its own seeded generator.
+"""
+
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mamlkit.errors import MamlkitError
+
+Episode = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class EpisodeSampler:
+    """Draws tasks over ``classes``, a subset of the first axis of ``images``.
+
+    ``images`` is uint8 [num_classes, per_class, C, H, W]. Each task picks ``ways`` distinct
+    classes in random order (so label ``i`` goes to a random class), and ``shots + queries``
+    distinct images of each. With ``rotations=True`` each class of a task is turned by one random
+    multiple of 90 degrees, as the official MAML code does to make 4x more Omniglot classes.
+    """
+
+    def __init__(self, images: torch.Tensor, classes: Sequence[int] | torch.Tensor, ways: int,
+                 shots: int, queries: int, rotations: bool = False):
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 5:
+            raise MamlkitError("episode images must be a uint8 tensor [classes, per_class, C, H, W]"
+                               ": load them with a mamlkit.tasks loader")
+        for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MamlkitError(f"{name} must be a positive integer, got {value!r}: "
+                                   f"pass --{name} 1 or more")
+        classes = torch.as_tensor(classes, dtype=torch.int64).flatten()
+        total, per_class, _, height, width = images.shape
+        if classes.numel() and (classes.min() < 0 or classes.max() >= total):
+            raise MamlkitError(f"class indices must lie in [0, {total}), got "
+                               f"[{classes.min()}, {classes.max()}]: use a split of this data set")
+        if classes.unique().numel() != classes.numel():
+            raise MamlkitError("the class list repeats a class: pass each class index once")
+        if ways > classes.numel():
+            raise MamlkitError(f"{ways}-way tasks need at least {ways} classes but this split has "
+                               f"{classes.numel()}: lower --ways or use a larger split")
+        if shots + queries > per_class:
+            raise MamlkitError(f"{shots} shots + {queries} queries need {shots + queries} images "
+                               f"per class but each class has {per_class}: lower --shots or "
+                               "--queries")
+        if rotations and height != width:
+            raise MamlkitError(f"rotations need square images, got {height}x{width}: "
+                               "turn rotations off for this data set")
+        self.images, self.classes = images, classes
+        self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
+        """Returns support_x [T, N*K, C, H, W] float32 in [0, 1], support_y [T, N*K] int64,
+        query_x [T, N*Q, C, H, W] and query_y [T, N*Q]; examples are grouped by label."""
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise MamlkitError(f"the number of tasks must be a positive integer, got "
+                               f"{num_tasks!r}: pass --meta-batch 1 or more")
+        ways, shots, per_task = self.ways, self.shots, self.shots + self.queries
+        pick = torch.rand(num_tasks, self.classes.numel(), generator=generator).argsort(dim=1)
+        classes = self.classes[pick[:, :ways]]  # [T, N]; label i is column i
+        draws = torch.rand(num_tasks, ways, self.images.shape[1], generator=generator)
+        which = draws.argsort(dim=2)[:, :, :per_task]  # [T, N, K+Q], distinct per class
+        x = self.images[classes[:, :, None], which]  # [T, N, K+Q, C, H, W]
+        if self.rotations:
+            turns = torch.randint(0, 4, (num_tasks, ways), generator=generator)
+            for k in (1, 2, 3):
+                mask = turns == k
+                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+        x = x.to(torch.float32).div_(255)
+        labels = torch.arange(ways).repeat_interleave(per_task).view(ways, per_task)
+        labels = labels.expand(num_tasks, ways, per_task)
+        image_shape = x.shape[3:]
+        return (x[:, :, :shots].reshape(num_tasks, -1, *image_shape),
+                labels[:, :, :shots].reshape(num_tasks, -1),
+                x[:, :, shots:].reshape(num_tasks, -1, *image_shape),
+                labels[:, :, shots:].reshape(num_tasks, -1))
+
+
+def batch_generator(seed: int, iteration: int) -> torch.Generator:
+    """The generator for one meta-iteration, so batch i depends only on (seed, i): runs resume
+    and worker processes reproduce the single-process stream exactly."""
+    state = np.random.SeedSequence([seed, iteration]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class _Batches(Dataset):
+    """Batch i of the stream, so a DataLoader's workers can build batches out of order."""
+
+    def __init__(self, sampler: EpisodeSampler, num_tasks: int, seed: int):
+        self.sampler, self.num_tasks, self.seed = sampler, num_tasks, seed
+
+    def __getitem__(self, iteration: int) -> Episode:
+        return self.sampler.sample(self.num_tasks, batch_generator(self.seed, iteration))
+
+
+def prefetch(sampler: EpisodeSampler, num_tasks: int, seed: int, workers: int = 0,
+             start: int = 0, stop: int | None = None) -> Iterator[Episode]:
+    """Yields the batches of iterations start, start+1, ... (forever when ``stop`` is None),
+    built by ``workers`` background processes (0: in this process), always in order."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise MamlkitError(f"workers must be 0 or more, got {workers!r}: pass --workers 0 to "
+                           "sample in the main process")
+    iterations = range(start, stop) if stop is not None else itertools.count(start)
+    batches = _Batches(sampler, num_tasks, seed)
+    if workers == 0:
+        return (batches[i] for i in iterations)
+    return iter(DataLoader(batches, batch_size=None, sampler=iterations, num_workers=workers))
