@@ -1,9 +1,9 @@
 """N-way K-shot episodes drawn from a class-grouped uint8 image tensor by pure indexing.
 
-A batch of T tasks is a handful of tensor ops (random permutations, one gather, three masked
-``rot90``s), so sampling costs far less than the meta-update and needs no worker processes on
-most machines; :func:`prefetch` still offers them, and yields exactly the batches the
-single-process path does because every iteration draws from its own seeded generator.
+A batch of T tasks is a handful of tensor ops (top-k of random keys, one gather, three masked
+``rot90``s), about a millisecond for an Omniglot meta-batch, so worker processes are rarely
+needed; :func:`prefetch` still offers them, and yields exactly the batches the single-process
+path does because every iteration draws from its own seeded generator.
 """
 
 import itertools
@@ -63,10 +63,13 @@ class EpisodeSampler:
             raise MamlkitError(f"the number of tasks must be a positive integer, got "
                                f"{num_tasks!r}: pass --meta-batch 1 or more")
         ways, shots, per_task = self.ways, self.shots, self.shots + self.queries
-        pick = torch.rand(num_tasks, self.classes.numel(), generator=generator).argsort(dim=1)
-        classes = self.classes[pick[:, :ways]]  # [T, N]; label i is column i
-        draws = torch.rand(num_tasks, ways, self.images.shape[1], generator=generator)
-        which = draws.argsort(dim=2)[:, :, :per_task]  # [T, N, K+Q], distinct per class
+        # The top-k of i.i.d. keys is a uniformly random ordered subset; float64 keys make ties,
+        # whose order could depend on the thread count, practically impossible.
+        keys = torch.rand(num_tasks, self.classes.numel(), generator=generator, dtype=torch.float64)
+        classes = self.classes[keys.topk(ways, dim=1).indices]  # [T, N]; label i is column i
+        keys = torch.rand(num_tasks, ways, self.images.shape[1], generator=generator,
+                          dtype=torch.float64)
+        which = keys.topk(per_task, dim=2).indices  # [T, N, K+Q], distinct within a class
         x = self.images[classes[:, :, None], which]  # [T, N, K+Q, C, H, W]
         if self.rotations:
             turns = torch.randint(0, 4, (num_tasks, ways), generator=generator)
@@ -111,4 +114,6 @@ def prefetch(sampler: EpisodeSampler, num_tasks: int, seed: int, workers: int = 
     batches = _Batches(sampler, num_tasks, seed)
     if workers == 0:
         return (batches[i] for i in iterations)
-    return iter(DataLoader(batches, batch_size=None, sampler=iterations, num_workers=workers))
+    # Its own generator keeps the DataLoader from drawing worker seeds from the global RNG.
+    return iter(DataLoader(batches, batch_size=None, sampler=iterations, num_workers=workers,
+                           generator=torch.Generator()))

@@ -1,0 +1,289 @@
+"""One MAML meta-iteration on the sinusoid benchmark: mamlkit vs a plain loop, learn2learn and higher.
+
+Workload (Finn et al. 2017, sinusoid regression): MLP 1-40-40-1 ReLU, 25 tasks, K=10 support and
+10 query points per task, x ~ U[-5, 5], y = A sin(x - φ), A ~ U[0.1, 5], φ ~ U[0, π], one inner
+SGD step α=0.01, MSE. One meta-iteration = zero_grad + meta-gradient of the mean query loss +
+Adam(1e-3) step, timed in second and first order with torch.set_num_threads(1) and (2).
+
+Every (method, order, threads) runs in a fresh subprocess of the same interpreter, which reports:
+  * ms/iter: median over --repeats timed blocks (time.perf_counter) of --iters iterations in all,
+    after a warm-up (torch.compile compiles on the first call, outside the timing);
+  * max rel grad err: max|g - g_ref| / max|g_ref| over all parameters for the meta-gradient of
+    the first batch at the initial weights, g_ref = the plain loop in float64;
+  * peak MB: peak RSS (ru_maxrss) minus RSS just before the method's first call, so it includes
+    lazy library initialisation and, for the compiled method, compilation.
+
+learn2learn and higher are optional (shown as "not installed"); mamlkit is taken from <repo>/src.
+
+    /work/peers-venv/bin/python benchmarks/sinusoid_step.py            # full run, writes results
+    python benchmarks/sinusoid_step.py --threads 1 --iters 50 --out /tmp/sinusoid_step.md
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.func import functional_call  # noqa: E402
+
+from mamlkit import MAML  # noqa: E402
+
+TASKS, SHOTS, INNER_LR, META_LR = 25, 10, 0.01, 1e-3
+N_BATCHES, WARMUP = 10, 10
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch.set_num_threads values")
+    parser.add_argument("--iters", type=int, default=100, help="timed meta-iterations per configuration")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks the iterations are split into")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sinusoid_step.md",
+                        help="markdown report (a .json with the raw numbers is written next to it)")
+    parser.add_argument("--only", help="worker mode: run this one method and print a JSON line")
+    parser.add_argument("--order", choices=["second", "first"], default="second", help="worker mode")
+    return parser.parse_args()
+
+
+# -- workload ------------------------------------------------------------------------------------
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+
+
+def sample_batches(n: int) -> list[tuple[torch.Tensor, ...]]:
+    """n meta-batches (support_x, support_y, query_x, query_y), each tensor [TASKS, SHOTS, 1]."""
+    gen = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(n):
+        amplitude = torch.empty(TASKS, 1, 1).uniform_(0.1, 5.0, generator=gen)
+        phase = torch.empty(TASKS, 1, 1).uniform_(0.0, math.pi, generator=gen)
+        x = torch.empty(TASKS, 2 * SHOTS, 1).uniform_(-5.0, 5.0, generator=gen)
+        y = amplitude * torch.sin(x - phase)
+        batches.append(tuple(t.contiguous() for t in (x[:, :SHOTS], y[:, :SHOTS], x[:, SHOTS:], y[:, SHOTS:])))
+    return batches
+
+
+# -- methods: build(model, first_order) -> meta_grad(sx, sy, qx, qy), accumulating into .grad -------
+def mamlkit(**options):
+    def build(model, first_order):
+        return MAML(model, F.mse_loss, inner_lr=INNER_LR, inner_steps=1, first_order=first_order,
+                    **options).meta_backward
+    return build
+
+
+def plain_meta_loss(model, params, sx, sy, qx, qy, first_order):
+    """The reference: a Python loop over tasks with torch.autograd.grad and functional_call."""
+    query_losses = []
+    for t in range(len(sx)):
+        support_loss = F.mse_loss(functional_call(model, params, (sx[t],)), sy[t])
+        grads = torch.autograd.grad(support_loss, list(params.values()), create_graph=not first_order)
+        adapted = {name: p - INNER_LR * g for (name, p), g in zip(params.items(), grads)}
+        query_losses.append(F.mse_loss(functional_call(model, adapted, (qx[t],)), qy[t]))
+    return torch.stack(query_losses).mean()
+
+
+def plain_loop(model, first_order):
+    params = dict(model.named_parameters())
+    return lambda *batch: plain_meta_loss(model, params, *batch, first_order).backward()
+
+
+def learn2learn(model, first_order):
+    import learn2learn as l2l
+    maml = l2l.algorithms.MAML(model, lr=INNER_LR, first_order=first_order)
+
+    def meta_grad(sx, sy, qx, qy):
+        total = 0.0
+        for t in range(len(sx)):
+            learner = maml.clone()
+            learner.adapt(F.mse_loss(learner(sx[t]), sy[t]))
+            total = total + F.mse_loss(learner(qx[t]), qy[t])
+        (total / len(sx)).backward()
+    return meta_grad
+
+
+def higher_(model, first_order):
+    import higher
+    inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+
+    def meta_grad(sx, sy, qx, qy):
+        for t in range(len(sx)):
+            with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False,
+                                      track_higher_grads=not first_order) as (fmodel, diffopt):
+                diffopt.step(F.mse_loss(fmodel(sx[t]), sy[t]))
+                query_loss = F.mse_loss(fmodel(qx[t]), qy[t]) / len(sx)
+                if not first_order:
+                    query_loss.backward()
+                    continue
+                # track_higher_grads=False detaches the fast weights, so backward() would not reach θ:
+                # first-order MAML applies the query gradient taken at the adapted weights to θ.
+                for p, g in zip(model.parameters(), torch.autograd.grad(query_loss, list(fmodel.parameters()))):
+                    p.grad = g if p.grad is None else p.grad + g
+    return meta_grad
+
+
+METHODS = {
+    "mamlkit vmap": mamlkit(batching="vmap"),
+    "mamlkit vmap compiled": mamlkit(batching="vmap", compile=True),
+    "mamlkit loop": mamlkit(batching="loop"),
+    "plain loop": plain_loop,
+    "learn2learn": learn2learn,
+    "higher": higher_,
+}
+REQUIRES = {"learn2learn": "learn2learn", "higher": "higher"}
+
+
+# -- worker: one method, one order, one thread count ----------------------------------------------
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reference_gradient(model, batch, first_order) -> dict[str, torch.Tensor]:
+    params = {name: p.detach().double().requires_grad_() for name, p in model.named_parameters()}
+    loss = plain_meta_loss(model, params, *(t.double() for t in batch), first_order)
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+
+
+def run_worker(method: str, first_order: bool, threads: int, iters: int, repeats: int) -> dict:
+    torch.set_num_threads(threads)
+    model = make_model()
+    batches = sample_batches(N_BATCHES)
+    meta_grad = METHODS[method](model, first_order)
+    optimizer = torch.optim.Adam(model.parameters(), lr=META_LR)
+
+    rss_before = rss_mb()
+    start = time.perf_counter()
+    meta_grad(*batches[0])
+    first_call_s = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+
+    reference = reference_gradient(model, batches[0], first_order)
+    diff = max((p.grad.double() - reference[name]).abs().max().item() for name, p in model.named_parameters())
+    grad_err = diff / max(g.abs().max().item() for g in reference.values())
+
+    def step(i):
+        optimizer.zero_grad()
+        meta_grad(*batches[i % N_BATCHES])
+        optimizer.step()
+
+    for i in range(WARMUP):
+        step(i)
+    block = max(1, iters // repeats)
+    ms_per_iter = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(block):
+            step(i)
+        ms_per_iter.append((time.perf_counter() - start) / block * 1e3)
+    return {"ms": statistics.median(ms_per_iter), "ms_blocks": ms_per_iter, "grad_err": grad_err,
+            "peak_mb": peak_mb, "first_call_s": first_call_s, "load1": os.getloadavg()[0]}
+
+
+# -- driver: every configuration in a fresh subprocess, then the report -----------------------------
+def run_config(method, order, threads, args) -> dict:
+    row = {"method": method, "order": order, "threads": threads}
+    if method in REQUIRES and importlib.util.find_spec(REQUIRES[method]) is None:
+        return {**row, "status": "not installed"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", method, "--order", order,
+           "--threads", str(threads), "--iters", str(args.iters), "--repeats", str(args.repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        return {**row, "status": f"failed (exit {proc.returncode})"}
+    return {**row, "status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def fmt(x, spec):
+    return "—" if x is None else format(x, spec)
+
+
+def markdown_table(rows) -> str:
+    lines = ["| method | order | threads | ms/iter (median) | × vs learn2learn | max rel grad err "
+             "| peak MB (RSS) | 1st call s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    l2l_ms = {(r["order"], r["threads"]): r["ms"] for r in rows
+              if r["method"] == "learn2learn" and r["status"] == "ok"}
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['status']} | | | | |")
+            continue
+        base = l2l_ms.get((r["order"], r["threads"]))
+        speedup = None if base is None else base / r["ms"]
+        lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['ms']:.2f} | {fmt(speedup, '.2f')} "
+                     f"| {r['grad_err']:.1e} | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def main():
+    args = parse_args()
+    if args.only:
+        print(json.dumps(run_worker(args.only, args.order == "first", args.threads[0], args.iters, args.repeats)))
+        return
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = os.getloadavg()
+    rows = []
+    for threads in args.threads:
+        for order in ("second", "first"):
+            for method in METHODS:
+                row = run_config(method, order, threads, args)
+                rows.append(row)
+                print(f"{method:22s} {order:6s} threads={threads}: "
+                      f"{fmt(row.get('ms'), '.2f') + ' ms/iter' if row['status'] == 'ok' else row['status']}",
+                      file=sys.stderr, flush=True)
+    load_end = os.getloadavg()
+    elapsed = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+
+    table = markdown_table(rows)
+    command = " ".join([sys.executable, "benchmarks/sinusoid_step.py", *sys.argv[1:]])
+    report = f"""# Sinusoid MAML meta-iteration: mamlkit vs plain loop, learn2learn, higher
+
+- command: `{command}`
+- date: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s in all
+- torch {torch.__version__}, learn2learn {version('learn2learn')}, higher {version('higher')}, \
+Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})
+- load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_start)} at start, \
+{', '.join(f'{x:.2f}' for x in load_end)} at end (1-min load per row in the .json)
+- workload: MLP 1-40-40-1 ReLU, {TASKS} tasks, K={SHOTS} support + {SHOTS} query, one inner step α={INNER_LR}, \
+MSE; iteration = zero_grad + meta-gradient + Adam({META_LR})
+- ms/iter: median of {args.repeats} blocks, {args.iters} iterations in all after {WARMUP} warm-up iterations
+- max rel grad err: max|g − g_ref| / max|g_ref| on the first batch at the initial weights, \
+g_ref = plain loop in float64 (same order)
+- peak MB: peak RSS (ru_maxrss) − RSS just before the method's first call, in a fresh process per row; \
+includes lazy library initialisation and, for the compiled rows, compilation (1st call s)
+
+{table}
+"""
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "date": started.isoformat(), "torch": torch.__version__,
+         "load_start": load_start, "load_end": load_end, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from mamlkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""Training metrics to a JSON-lines file and TensorBoard, consistent across resumes."""
+
+import json
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class MetricsLog:
+    """Appends ``{"iteration": i, **scalars}`` records; on resume drops records past the checkpoint."""
+
+    def __init__(self, run_dir: Path, resume_iteration: int = 0):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_iteration and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["iteration"] <= resume_iteration]
+            self.path.write_text("".join(f"{line}\n" for line in kept))
+        elif not resume_iteration:
+            self.path.write_text("")
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_iteration + 1)
+
+    def log(self, iteration: int, scalars: dict[str, float]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"iteration": iteration, **scalars}) + "\n")
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, iteration)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,106 @@
+"""The training loop shared by every experiment: sample, step each learner, log, checkpoint.
+
+A *learner* is anything with ``step(batch) -> {name: float}`` plus ``state_dict``/
+``load_state_dict``: MAML with its meta-optimizer, or a baseline trained on the same batches.
+The whole loop state (learners, iteration, task generator) lives in one checkpoint, so a killed
+run resumes and, with the same seed, ends with the same numbers as an uninterrupted one.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from tqdm import tqdm
+
+from mamlkit.checks import check_finite
+from mamlkit.engine.checkpoint import load_latest_checkpoint, save_checkpoint
+from mamlkit.engine.metrics import MetricsLog
+from mamlkit.maml import MAML
+
+
+class Learner(Protocol):
+    def step(self, batch) -> dict[str, float]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class MetaLearner:
+    """MAML plus its meta-optimizer: one ``step`` is one meta-update."""
+
+    def __init__(self, maml: MAML, optimizer: torch.optim.Optimizer, clip_value: float | None = None):
+        self.maml, self.optimizer, self.clip_value = maml, optimizer, clip_value
+
+    def step(self, batch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.maml.meta_backward(*batch[:4])
+        if self.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(self.maml.model.parameters(), self.clip_value)
+        self.optimizer.step()
+        return {"query_loss": loss.item()}
+
+    def state_dict(self) -> dict:
+        return {"model": self.maml.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.maml.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass
+class TrainLoop:
+    run_dir: Path
+    learners: dict[str, Learner]
+    sample_batch: Callable[[torch.Generator], tuple]
+    generator: torch.Generator
+    iterations: int
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    nan_hint: str = "lower the learning rates (--inner-lr, --meta-lr)"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.run_dir) / "checkpoints"
+
+    def _state(self, iteration: int) -> dict:
+        return {"iteration": iteration, "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "learners": {name: learner.state_dict() for name, learner in self.learners.items()}}
+
+    def restore(self) -> int:
+        """Load the newest intact checkpoint; return the iteration it was taken at."""
+        state, _ = load_latest_checkpoint(self.checkpoint_dir)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        for name, learner in self.learners.items():
+            learner.load_state_dict(state["learners"][name])
+        return state["iteration"]
+
+    def run(self, start: int = 0) -> None:
+        """Train from iteration ``start`` to ``iterations``; stops cleanly on a non-finite loss."""
+        metrics = MetricsLog(self.run_dir, start)
+        bar = tqdm(total=self.iterations, initial=start, unit="it", dynamic_ncols=True, disable=None)
+        window_start, window_iterations = time.perf_counter(), 0
+        try:
+            for iteration in range(start + 1, self.iterations + 1):
+                batch = self.sample_batch(self.generator)
+                scalars = {}
+                for name, learner in self.learners.items():
+                    for key, value in learner.step(batch).items():
+                        check_finite(value, iteration, f"{name} diverged: {self.nan_hint}; the last good checkpoint "
+                                                       f"is kept in {self.checkpoint_dir}")
+                        scalars[f"{name}/{key}"] = value
+                bar.update()
+                window_iterations += 1
+                if iteration % self.log_every == 0 or iteration == self.iterations:
+                    elapsed = time.perf_counter() - window_start
+                    scalars["iterations_per_s"] = window_iterations / elapsed
+                    metrics.log(iteration, scalars)
+                    bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in scalars.items() if "/" in k})
+                    window_start, window_iterations = time.perf_counter(), 0
+                if iteration % self.checkpoint_every == 0 or iteration == self.iterations:
+                    save_checkpoint(self.checkpoint_dir, iteration, self._state(iteration))
+        finally:
+            bar.close()
+            metrics.close()
