@@ -3,7 +3,7 @@
 Settings are the paper's (Finn et al. 2017, Omniglot): 5-way 1-shot with 32 tasks and 20-way
 1-shot with 16 tasks, one query per class, random 90-degree rotations, classes from the paper's
 1100-character meta-training split. Sampling is timed in this process (workers 0) and through
-``prefetch`` with background workers, which pays off only when the consumer is busy; here the
+``task_stream`` with background workers, which pays off only when the consumer is busy; here the
 consumer does nothing, so the worker rows show the ceiling of the pipeline. ms/batch is the
 median over --repeats blocks of --batches batches, after one untimed batch (worker start-up).
 
@@ -16,13 +16,15 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from mamlkit.tasks.episodes import EpisodeSampler, prefetch  # noqa: E402
+from mamlkit.tasks.episodes import EpisodeSampler  # noqa: E402
+from mamlkit.tasks.stream import task_stream  # noqa: E402
 from mamlkit.tasks.omniglot import load_omniglot, omniglot_split  # noqa: E402
 
 SETTINGS = (("omniglot-5w1s", 5, 32), ("omniglot-20w1s", 20, 16))
@@ -59,7 +61,7 @@ def main():
         sampler = EpisodeSampler(data.images, train, ways, shots=1, queries=1, rotations=True)
         for workers in (0, args.workers):
             total = 1 + args.batches * args.repeats
-            stream = prefetch(sampler, tasks, seed=0, workers=workers, stop=total)
+            stream = task_stream(partial(sampler.sample, tasks), seed=0, workers=workers, stop=total)
             next(stream)
             blocks = [timed(lambda: [next(stream) for _ in range(args.batches)])[1]
                       for _ in range(args.repeats)]

@@ -6,8 +6,8 @@ SGD step α=0.01, MSE. One meta-iteration = zero_grad + meta-gradient of the mea
 Adam(1e-3) step, timed in second and first order with torch.set_num_threads(1) and (2).
 
 Every (method, order, threads) runs in a fresh subprocess of the same interpreter, which reports:
-  * ms/iter: median over --repeats timed blocks (time.perf_counter) of --iters iterations in all,
-    after a warm-up (torch.compile compiles on the first call, outside the timing);
+  * ms/iter: median (and min) over --repeats timed blocks (time.perf_counter) of --iters iterations
+    in all, after a warm-up (torch.compile compiles on the first call, outside the timing);
   * max rel grad err: max|g - g_ref| / max|g_ref| over all parameters for the meta-gradient of
     the first batch at the initial weights, g_ref = the plain loop in float64;
   * peak MB: peak RSS (ru_maxrss) minus RSS just before the method's first call, so it includes
@@ -45,7 +45,7 @@ from torch.func import functional_call  # noqa: E402
 from mamlkit import MAML  # noqa: E402
 
 TASKS, SHOTS, INNER_LR, META_LR = 25, 10, 0.01, 1e-3
-N_BATCHES, WARMUP = 10, 10
+N_BATCHES, WARMUP, MAX_BLOCK_S = 10, 10, 1.5
 
 
 def parse_args():
@@ -182,17 +182,20 @@ def run_worker(method: str, first_order: bool, threads: int, iters: int, repeats
         meta_grad(*batches[i % N_BATCHES])
         optimizer.step()
 
-    for i in range(WARMUP):
-        step(i)
-    block = max(1, iters // repeats)
-    ms_per_iter = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(block):
-            step(i)
-        ms_per_iter.append((time.perf_counter() - start) / block * 1e3)
-    return {"ms": statistics.median(ms_per_iter), "ms_blocks": ms_per_iter, "grad_err": grad_err,
-            "peak_mb": peak_mb, "first_call_s": first_call_s, "load1": os.getloadavg()[0]}
+    def timed_block(n):
+        """ms/iter over n iterations, cut short after MAX_BLOCK_S (a contended CPU can stall 100x)."""
+        done, start = 0, time.perf_counter()
+        while done < n and time.perf_counter() - start < MAX_BLOCK_S:
+            step(done)
+            done += 1
+        return (time.perf_counter() - start) / done * 1e3, done
+
+    timed_block(WARMUP)
+    blocks = [timed_block(max(1, iters // repeats)) for _ in range(repeats)]
+    ms_per_iter = [ms for ms, _ in blocks]
+    return {"ms": statistics.median(ms_per_iter), "ms_min": min(ms_per_iter), "ms_blocks": ms_per_iter,
+            "iters_timed": sum(done for _, done in blocks), "grad_err": grad_err, "peak_mb": peak_mb,
+            "first_call_s": first_call_s, "load1": os.getloadavg()[0]}
 
 
 # -- driver: every configuration in a fresh subprocess, then the report -----------------------------
@@ -214,19 +217,19 @@ def fmt(x, spec):
 
 
 def markdown_table(rows) -> str:
-    lines = ["| method | order | threads | ms/iter (median) | × vs learn2learn | max rel grad err "
-             "| peak MB (RSS) | 1st call s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | order | threads | ms/iter median (min) | × vs learn2learn | max rel grad err "
+             "| peak MB (RSS) | 1st call s | load1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     l2l_ms = {(r["order"], r["threads"]): r["ms"] for r in rows
               if r["method"] == "learn2learn" and r["status"] == "ok"}
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['status']} | | | | |")
+            lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['status']} | | | | | |")
             continue
         base = l2l_ms.get((r["order"], r["threads"]))
         speedup = None if base is None else base / r["ms"]
-        lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['ms']:.2f} | {fmt(speedup, '.2f')} "
-                     f"| {r['grad_err']:.1e} | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} |")
+        lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['ms']:.2f} ({r['ms_min']:.2f}) | {fmt(speedup, '.2f')} "
+                     f"| {r['grad_err']:.1e} | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} | {r['load1']:.1f} |")
     return "\n".join(lines)
 
 
@@ -266,10 +269,14 @@ def main():
 - torch {torch.__version__}, learn2learn {version('learn2learn')}, higher {version('higher')}, \
 Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})
 - load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_start)} at start, \
-{', '.join(f'{x:.2f}' for x in load_end)} at end (1-min load per row in the .json)
+{', '.join(f'{x:.2f}' for x in load_end)} at end; load1 = 1-min load after each row; when torch's \
+threads fill every core, any other busy process stalls them, so such rows taken under load are unreliable \
+(per-block times in the .json)
 - workload: MLP 1-40-40-1 ReLU, {TASKS} tasks, K={SHOTS} support + {SHOTS} query, one inner step α={INNER_LR}, \
 MSE; iteration = zero_grad + meta-gradient + Adam({META_LR})
-- ms/iter: median of {args.repeats} blocks, {args.iters} iterations in all after {WARMUP} warm-up iterations
+- ms/iter: median (and min) of {args.repeats} blocks of {args.iters // args.repeats} iterations after {WARMUP} \
+warm-up iterations; a block stops early after {MAX_BLOCK_S} s (iterations timed per row in the .json); \
+× vs learn2learn compares medians at the same order and thread count
 - max rel grad err: max|g − g_ref| / max|g_ref| on the first batch at the initial weights, \
 g_ref = plain loop in float64 (same order)
 - peak MB: peak RSS (ru_maxrss) − RSS just before the method's first call, in a fresh process per row; \

@@ -1,12 +1,14 @@
 """EpisodeSampler: shapes, which class each label is, rotations, seeding, errors and workers."""
 
 import itertools
+from functools import partial
 
 import pytest
 import torch
 
 from mamlkit.errors import MamlkitError
-from mamlkit.tasks.episodes import EpisodeSampler, batch_generator, prefetch
+from mamlkit.tasks.episodes import EpisodeSampler
+from mamlkit.tasks.stream import batch_generator, task_stream
 
 CLASSES, PER_CLASS, SIDE = 12, 6, 4
 
@@ -95,14 +97,14 @@ def test_prefetch_yields_the_single_process_batches(workers):
                              rotations=True)
     expected = [sampler.sample(4, batch_generator(5, i)) for i in range(2, 6)]
     torch.manual_seed(0)
-    got = list(prefetch(sampler, 4, seed=5, workers=workers, start=2, stop=6))
+    got = list(task_stream(partial(sampler.sample, 4), seed=5, workers=workers, start=2, stop=6))
     global_draw = torch.rand(1)
     torch.manual_seed(0)
     assert torch.equal(global_draw, torch.rand(1))  # the global RNG (model init) is untouched
     assert len(got) == 4
     for batch, reference in zip(got, expected):
         assert all(torch.equal(a, b) for a, b in zip(batch, reference))
-    endless = itertools.islice(prefetch(sampler, 4, seed=5, start=2), 2)
+    endless = itertools.islice(task_stream(partial(sampler.sample, 4), seed=5, start=2), 2)
     assert all(torch.equal(a, b) for batch, reference in zip(endless, expected)
                for a, b in zip(batch, reference))
 
@@ -130,4 +132,4 @@ def test_bad_task_and_worker_counts_are_errors():
     with pytest.raises(MamlkitError, match="number of tasks"):
         sampler.sample(0, torch.Generator())
     with pytest.raises(MamlkitError, match="workers must be 0 or more"):
-        prefetch(sampler, 4, seed=0, workers=-1)
+        task_stream(partial(sampler.sample, 4), seed=0, workers=-1)

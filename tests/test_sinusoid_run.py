@@ -124,7 +124,7 @@ class FailsAt:
 
 
 def test_nan_stops_the_loop_and_keeps_the_last_good_checkpoint(tmp_path):
-    loop = TrainLoop(tmp_path, {"model": FailsAt(8)}, lambda g: None, torch.Generator(), iterations=20,
+    loop = TrainLoop(tmp_path, {"model": FailsAt(8)}, lambda start: iter(lambda: None, 0), iterations=20,
                      checkpoint_every=5, log_every=1)
     with pytest.raises(MamlkitError, match="the loss became nan at iteration 8; model diverged"):
         loop.run()

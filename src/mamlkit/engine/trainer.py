@@ -2,14 +2,14 @@
 
 A *learner* is anything with ``step(batch) -> {name: float}`` plus ``state_dict``/
 ``load_state_dict``: MAML with its meta-optimizer, or a baseline trained on the same batches.
-The whole loop state (learners, iteration, task generator) lives in one checkpoint, so a killed
-run resumes and, with the same seed, ends with the same numbers as an uninterrupted one.
+The loop state (learners, iteration) lives in one checkpoint and batch i depends only on
+(seed, i), so a killed run resumes and ends with the same numbers as an uninterrupted one.
 """
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from tqdm import tqdm
@@ -52,26 +52,25 @@ class MetaLearner:
 class TrainLoop:
     run_dir: Path
     learners: dict[str, Learner]
-    sample_batch: Callable[[torch.Generator], tuple]
-    generator: torch.Generator
+    batches: Callable[[int], Iterator]  # start iteration -> the task batches from there on
     iterations: int
     checkpoint_every: int = 1000
     log_every: int = 100
     nan_hint: str = "lower the learning rates (--inner-lr, --meta-lr)"
+    validate: Callable[[int], dict[str, float]] | None = None  # called every validate_every iterations
+    validate_every: int = 1000
 
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.run_dir) / "checkpoints"
 
     def _state(self, iteration: int) -> dict:
-        return {"iteration": iteration, "generator": self.generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
+        return {"iteration": iteration, "torch_rng": torch.get_rng_state(),
                 "learners": {name: learner.state_dict() for name, learner in self.learners.items()}}
 
     def restore(self) -> int:
         """Load the newest intact checkpoint; return the iteration it was taken at."""
         state, _ = load_latest_checkpoint(self.checkpoint_dir)
-        self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         for name, learner in self.learners.items():
             learner.load_state_dict(state["learners"][name])
@@ -83,8 +82,7 @@ class TrainLoop:
         bar = tqdm(total=self.iterations, initial=start, unit="it", dynamic_ncols=True, disable=None)
         window_start, window_iterations = time.perf_counter(), 0
         try:
-            for iteration in range(start + 1, self.iterations + 1):
-                batch = self.sample_batch(self.generator)
+            for iteration, batch in zip(range(start + 1, self.iterations + 1), self.batches(start)):
                 scalars = {}
                 for name, learner in self.learners.items():
                     for key, value in learner.step(batch).items():
@@ -93,13 +91,17 @@ class TrainLoop:
                         scalars[f"{name}/{key}"] = value
                 bar.update()
                 window_iterations += 1
-                if iteration % self.log_every == 0 or iteration == self.iterations:
+                last = iteration == self.iterations
+                validated = self.validate is not None and (iteration % self.validate_every == 0 or last)
+                if validated:
+                    scalars.update(self.validate(iteration))
+                if validated or iteration % self.log_every == 0 or last:
                     elapsed = time.perf_counter() - window_start
                     scalars["iterations_per_s"] = window_iterations / elapsed
                     metrics.log(iteration, scalars)
                     bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in scalars.items() if "/" in k})
                     window_start, window_iterations = time.perf_counter(), 0
-                if iteration % self.checkpoint_every == 0 or iteration == self.iterations:
+                if iteration % self.checkpoint_every == 0 or last:
                     save_checkpoint(self.checkpoint_dir, iteration, self._state(iteration))
         finally:
             bar.close()

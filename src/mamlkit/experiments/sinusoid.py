@@ -22,6 +22,7 @@ from mamlkit.maml import MAML
 from mamlkit.models.mlp import mlp
 from mamlkit.stats import mean_and_ci95
 from mamlkit.tasks.sinusoid import SinusoidBatch, SinusoidTasks
+from mamlkit.tasks.stream import task_stream
 
 EVAL_SEED = 20170309  # held-out tasks are the same for every run and method
 
@@ -118,8 +119,9 @@ def make_loop(config: SinusoidConfig, run_dir: Path) -> TrainLoop:
     tasks = SinusoidTasks()
     return TrainLoop(
         run_dir=run_dir, learners=learners,
-        sample_batch=lambda g: tasks.sample(config.meta_batch, config.support, config.query, g),
-        generator=torch.Generator().manual_seed(config.seed), iterations=config.iterations,
+        batches=lambda start: task_stream(partial(tasks.sample, config.meta_batch, config.support, config.query),
+                                          config.seed, start=start),
+        iterations=config.iterations,
         checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         nan_hint="lower --inner-lr or --meta-lr")
 

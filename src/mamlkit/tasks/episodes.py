@@ -2,16 +2,12 @@
 
 A batch of T tasks is a handful of tensor ops (top-k of random keys, one gather, three masked
 ``rot90``s), about a millisecond for an Omniglot meta-batch, so worker processes are rarely
-needed; :func:`prefetch` still offers them, and yields exactly the batches the single-process
-path does because every iteration draws from its own seeded generator.
+needed; :func:`mamlkit.tasks.stream.task_stream` still offers them.
 """
 
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from mamlkit.errors import MamlkitError
 
@@ -84,36 +80,3 @@ class EpisodeSampler:
                 labels[:, :, :shots].reshape(num_tasks, -1),
                 x[:, :, shots:].reshape(num_tasks, -1, *image_shape),
                 labels[:, :, shots:].reshape(num_tasks, -1))
-
-
-def batch_generator(seed: int, iteration: int) -> torch.Generator:
-    """The generator for one meta-iteration, so batch i depends only on (seed, i): runs resume
-    and worker processes reproduce the single-process stream exactly."""
-    state = np.random.SeedSequence([seed, iteration]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-class _Batches(Dataset):
-    """Batch i of the stream, so a DataLoader's workers can build batches out of order."""
-
-    def __init__(self, sampler: EpisodeSampler, num_tasks: int, seed: int):
-        self.sampler, self.num_tasks, self.seed = sampler, num_tasks, seed
-
-    def __getitem__(self, iteration: int) -> Episode:
-        return self.sampler.sample(self.num_tasks, batch_generator(self.seed, iteration))
-
-
-def prefetch(sampler: EpisodeSampler, num_tasks: int, seed: int, workers: int = 0,
-             start: int = 0, stop: int | None = None) -> Iterator[Episode]:
-    """Yields the batches of iterations start, start+1, ... (forever when ``stop`` is None),
-    built by ``workers`` background processes (0: in this process), always in order."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise MamlkitError(f"workers must be 0 or more, got {workers!r}: pass --workers 0 to "
-                           "sample in the main process")
-    iterations = range(start, stop) if stop is not None else itertools.count(start)
-    batches = _Batches(sampler, num_tasks, seed)
-    if workers == 0:
-        return (batches[i] for i in iterations)
-    # Its own generator keeps the DataLoader from drawing worker seeds from the global RNG.
-    return iter(DataLoader(batches, batch_size=None, sampler=iterations, num_workers=workers,
-                           generator=torch.Generator()))
