@@ -23,7 +23,6 @@ import hashlib
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +30,13 @@ import torch
 from PIL import Image
 
 from mamlkit.errors import MamlkitError
+from mamlkit.tasks.image_classes import ImageClasses, user_cache_dir
 
 SPLITS = ("train", "val", "test")
 SIZE = 84
 _CATEGORY_SPLIT = {"train": "train_phase_train", "val": "val", "test": "test"}
 _WHERE = ("{split}.csv with images/ (the Ravi & Larochelle split CSVs and ImageNet JPEGs) or "
           "mini-imagenet-cache-{split}.pkl (the widely shared MiniImagenet pickles)")
-
-
-@dataclass
-class ImageClasses:
-    """Every image of a split, grouped by class so an N-way K-shot episode is pure indexing."""
-
-    images: torch.Tensor  # uint8 [num_classes, per_class, 3, 84, 84]
-    names: list[str]  # class names (ImageNet wnids), sorted; names[c] labels images[c]
 
 
 def load_miniimagenet(root: str | os.PathLike, split: str) -> ImageClasses:
@@ -161,7 +153,7 @@ def _load_csv(root: Path, split: str) -> ImageClasses:
     _check_counts({name: len(class_files[name]) for name in names}, csv_path)
     shape = (len(names), len(class_files[names[0]]), 3, SIZE, SIZE)
     cache_name = f"miniimagenet-{split}-{SIZE}-{hashlib.sha256(text).hexdigest()[:16]}.npy"
-    cache_dirs = [root / ".mamlkit-cache", _user_cache_dir(root)]
+    cache_dirs = [root / ".mamlkit-cache", user_cache_dir(root)]
     for cache_dir in cache_dirs:
         try:
             cached = np.load(cache_dir / cache_name)
@@ -196,12 +188,6 @@ def _decode(path: Path) -> np.ndarray:
     if image.size != (SIZE, SIZE):
         image = image.resize((SIZE, SIZE), resample=Image.LANCZOS)
     return np.asarray(image, dtype=np.uint8)
-
-
-def _user_cache_dir(root: Path) -> Path:
-    """A per-dataset folder under the user's cache, for roots that are read-only."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "mamlkit" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
 
 
 def _write_cache(images: np.ndarray, path: Path) -> bool:

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from mamlkit.errors import MamlkitError
-from mamlkit.tasks.miniimagenet import ImageClasses, _user_cache_dir
+from mamlkit.tasks.image_classes import ImageClasses, user_cache_dir
 
 SETS = ("images_background", "images_evaluation")
 EXPECTED_CHARACTERS = {"images_background": 964, "images_evaluation": 659}
@@ -73,7 +73,7 @@ def load_omniglot(root: str | os.PathLike, *, cache_dir: str | os.PathLike | Non
     stamp = json.dumps([_CACHE_VERSION, SIZE, dict(expected), [s for _, s in sources]])
     cache_name = f"omniglot-{SIZE}-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.npz"
     cache_dirs = ([Path(cache_dir).expanduser()] if cache_dir is not None
-                  else [root / ".mamlkit-cache", _user_cache_dir(root)])
+                  else [root / ".mamlkit-cache", user_cache_dir(root)])
     for folder in cache_dirs:
         cached = _read_cache(folder / cache_name)
         if cached is not None:
