@@ -154,6 +154,14 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by the whole machine (/proc/stat) and by this process."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    own = os.times()
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
 def reference_gradient(model, batch, first_order) -> dict[str, torch.Tensor]:
     params = {name: p.detach().double().requires_grad_() for name, p in model.named_parameters()}
     loss = plain_meta_loss(model, params, *(t.double() for t in batch), first_order)
@@ -191,11 +199,14 @@ def run_worker(method: str, first_order: bool, threads: int, iters: int, repeats
         return (time.perf_counter() - start) / done * 1e3, done
 
     timed_block(WARMUP)
+    (machine_before, own_before), start = cpu_seconds(), time.perf_counter()
     blocks = [timed_block(max(1, iters // repeats)) for _ in range(repeats)]
+    (machine_after, own_after), wall = cpu_seconds(), time.perf_counter() - start
     ms_per_iter = [ms for ms, _ in blocks]
     return {"ms": statistics.median(ms_per_iter), "ms_min": min(ms_per_iter), "ms_blocks": ms_per_iter,
             "iters_timed": sum(done for _, done in blocks), "grad_err": grad_err, "peak_mb": peak_mb,
-            "first_call_s": first_call_s, "load1": os.getloadavg()[0]}
+            "first_call_s": first_call_s, "load1": os.getloadavg()[0],
+            "other_cores": max(0.0, (machine_after - machine_before) - (own_after - own_before)) / wall}
 
 
 # -- driver: every configuration in a fresh subprocess, then the report -----------------------------
@@ -218,7 +229,7 @@ def fmt(x, spec):
 
 def markdown_table(rows) -> str:
     lines = ["| method | order | threads | ms/iter median (min) | × vs learn2learn | max rel grad err "
-             "| peak MB (RSS) | 1st call s | load1 |",
+             "| peak MB (RSS) | 1st call s | other cores busy |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     l2l_ms = {(r["order"], r["threads"]): r["ms"] for r in rows
               if r["method"] == "learn2learn" and r["status"] == "ok"}
@@ -229,7 +240,7 @@ def markdown_table(rows) -> str:
         base = l2l_ms.get((r["order"], r["threads"]))
         speedup = None if base is None else base / r["ms"]
         lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['ms']:.2f} ({r['ms_min']:.2f}) | {fmt(speedup, '.2f')} "
-                     f"| {r['grad_err']:.1e} | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} | {r['load1']:.1f} |")
+                     f"| {r['grad_err']:.1e} | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} | {r['other_cores']:.2f} |")
     return "\n".join(lines)
 
 
@@ -269,9 +280,10 @@ def main():
 - torch {torch.__version__}, learn2learn {version('learn2learn')}, higher {version('higher')}, \
 Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})
 - load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_start)} at start, \
-{', '.join(f'{x:.2f}' for x in load_end)} at end; load1 = 1-min load after each row; when torch's \
-threads fill every core, any other busy process stalls them, so such rows taken under load are unreliable \
-(per-block times in the .json)
+{', '.join(f'{x:.2f}' for x in load_end)} at end (1-min load after each row in the .json)
+- other cores busy: CPU time used by other processes during the row's timed blocks (/proc/stat minus this \
+process) per wall second; when torch's threads fill every core, any other busy process stalls them, so rows \
+with threads = CPUs and other cores busy > ~0.1 are unreliable (per-block times in the .json)
 - workload: MLP 1-40-40-1 ReLU, {TASKS} tasks, K={SHOTS} support + {SHOTS} query, one inner step α={INNER_LR}, \
 MSE; iteration = zero_grad + meta-gradient + Adam({META_LR})
 - ms/iter: median (and min) of {args.repeats} blocks of {args.iters // args.repeats} iterations after {WARMUP} \

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mamlkit.models.conv import miniimagenet_conv, omniglot_conv, omniglot_mlp
+
 
 class Scaled(nn.Module):
     """A model whose forward reads buffers."""
@@ -55,10 +57,10 @@ def regression_batch(tasks=3, n=6, features=2, generator=None):
             torch.randn(tasks, n, features, generator=g), torch.randn(tasks, n, 1, generator=g))
 
 
-def image_batch(tasks=3, n=6, classes=3, generator=None):
+def image_batch(tasks=3, n=6, classes=3, generator=None, size=6):
     g = generator or torch.Generator().manual_seed(2)
-    return (torch.randn(tasks, n, 1, 6, 6, generator=g), torch.randint(0, classes, (tasks, n), generator=g),
-            torch.randn(tasks, n, 1, 6, 6, generator=g), torch.randint(0, classes, (tasks, n), generator=g))
+    return (torch.randn(tasks, n, 1, size, size, generator=g), torch.randint(0, classes, (tasks, n), generator=g),
+            torch.randn(tasks, n, 1, size, size, generator=g), torch.randint(0, classes, (tasks, n), generator=g))
 
 
 # name -> (model factory, batch factory, loss)
@@ -68,15 +70,23 @@ CASES = {
     "buffers": (Scaled, regression_batch, F.mse_loss),
     "frozen": (frozen_mlp, regression_batch, F.mse_loss),
     "tied": (SharedLinear, lambda: regression_batch(features=3), F.mse_loss),
+    # the paper's networks (fewer filters, smaller images), with the official transductive BatchNorm
+    "paper_omniglot_conv": (lambda: omniglot_conv(3, filters=4), image_batch, F.cross_entropy),
+    "paper_miniimagenet_conv": (lambda: miniimagenet_conv(3, filters=4, channels=1, size=16),
+                                lambda: image_batch(size=16), F.cross_entropy),
+    "paper_mlp": (lambda: omniglot_mlp(3, pixels=36), image_batch, F.cross_entropy),
 }
 
 
 def smooth(model):
-    """Replace ReLUs by tanh. ReLU's derivative jumps, so the adapted weights θ − α∇L(θ), and with
-    them the meta-objective, jump too: finite differences are only meaningful on smooth models."""
+    """Replace ReLU by tanh and max-pooling by average pooling. Their derivatives jump, so the
+    adapted weights θ − α∇L(θ), and with them the meta-objective, jump too: finite differences
+    are only meaningful on smooth models."""
     for name, child in model.named_children():
         if isinstance(child, nn.ReLU):
             setattr(model, name, nn.Tanh())
+        elif isinstance(child, nn.MaxPool2d):
+            setattr(model, name, nn.AvgPool2d(child.kernel_size))
         else:
             smooth(child)
     return model
