@@ -145,7 +145,7 @@ METHODS = {
     "learn2learn": learn2learn,
     "higher": higher_,
 }
-REQUIRES = {"learn2learn": "learn2learn", "higher": "higher"}
+OPTIONAL = ("learn2learn", "higher")  # method name = module name
 
 
 # -- worker: one method, one order, one thread count ----------------------------------------------
@@ -212,7 +212,7 @@ def run_worker(method: str, first_order: bool, threads: int, iters: int, repeats
 # -- driver: every configuration in a fresh subprocess, then the report -----------------------------
 def run_config(method, order, threads, args) -> dict:
     row = {"method": method, "order": order, "threads": threads}
-    if method in REQUIRES and importlib.util.find_spec(REQUIRES[method]) is None:
+    if method in OPTIONAL and importlib.util.find_spec(method) is None:
         return {**row, "status": "not installed"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--only", method, "--order", order,
            "--threads", str(threads), "--iters", str(args.iters), "--repeats", str(args.repeats)]
@@ -239,8 +239,9 @@ def markdown_table(rows) -> str:
             continue
         base = l2l_ms.get((r["order"], r["threads"]))
         speedup = None if base is None else base / r["ms"]
-        lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['ms']:.2f} ({r['ms_min']:.2f}) | {fmt(speedup, '.2f')} "
-                     f"| {r['grad_err']:.1e} | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} | {r['other_cores']:.2f} |")
+        lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['ms']:.2f} ({r['ms_min']:.2f}) "
+                     f"| {fmt(speedup, '.2f')} | {r['grad_err']:.1e} | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} "
+                     f"| {r['other_cores']:.2f} |")
     return "\n".join(lines)
 
 

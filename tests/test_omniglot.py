@@ -1,7 +1,7 @@
 """Omniglot loading (zips, folders, cache, broken data), download errors and splits.
 
 Most tests use a tiny synthetic Omniglot (3 alphabets, 7 characters, 1-bit 105x105 PNGs); one
-loads the real data when /work/shared/data/omniglot is present.
+loads the real data when ../shared/data/omniglot is present.
 """
 
 import shutil
@@ -22,7 +22,7 @@ LAYOUT = {"images_background": {"Alpha": 3, "Beta": 2}, "images_evaluation": {"G
 EXPECTED = {"images_background": 5, "images_evaluation": 2}
 NAMES = ["Alpha/character01", "Alpha/character02", "Alpha/character03", "Beta/character01",
          "Beta/character02", "Gamma/character01", "Gamma/character02"]
-REAL = Path("/work/shared/data/omniglot")
+from conftest import REAL_OMNIGLOT as REAL  # noqa: E402
 
 
 def draw(character: int, drawer: int, size: int = 105) -> Image.Image:

@@ -151,5 +151,7 @@ def test_resume_without_checkpoint_and_existing_out_are_refused(tmp_path, capsys
     (run / "config.json").write_text(json.dumps({"preset": "sinusoid", "iterations": 10}))
     assert main(["train", "--resume", str(run)]) == 1
     assert "no checkpoint in" in capsys.readouterr().err
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "ckpt-000000005.pt").write_bytes(b"x")
     assert main(["train", "sinusoid", "--out", str(run)]) == 1
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err

@@ -25,9 +25,9 @@ def config_from_dict(config_class, data: dict):
 
 
 def create_run(out: Path | None, preset: str, config) -> Path:
-    """A fresh run folder holding the resolved config; refuses to overwrite an existing run."""
+    """A fresh run folder holding the resolved config; refuses to overwrite a run that has checkpoints."""
     run_dir = Path(out) if out else Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / CONFIG).exists() or any((run_dir / "checkpoints").glob(PATTERN)):
+    if any((run_dir / "checkpoints").glob(PATTERN)):
         raise MamlkitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                            f"or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)

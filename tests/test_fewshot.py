@@ -1,0 +1,87 @@
+"""Few-shot classification end to end on the real Omniglot, plus its one-line errors."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import REAL_OMNIGLOT, needs_real_omniglot
+from mamlkit.cli import main
+from mamlkit.experiments.fewshot import FewShotConfig, scaled_cross_entropy
+from mamlkit.presets import PRESETS
+
+TINY = ["--data", str(REAL_OMNIGLOT), "--meta-batch", "4", "--validation-tasks", "10", "--eval-tasks", "20",
+        "--threads", "1"]
+
+
+def test_presets_follow_the_paper_table():
+    expected = {  # preset: (ways, shots, queries, α, train steps, test steps, meta-batch)
+        "omniglot-5w1s": (5, 1, 1, 0.4, 1, 3, 32), "omniglot-5w5s": (5, 5, 5, 0.4, 1, 3, 32),
+        "omniglot-20w1s": (20, 1, 1, 0.1, 5, 5, 16), "omniglot-20w5s": (20, 5, 5, 0.1, 5, 5, 16),
+        "miniimagenet-5w1s": (5, 1, 15, 0.01, 5, 10, 4), "miniimagenet-5w5s": (5, 5, 15, 0.01, 5, 10, 2),
+    }
+    for name, row in expected.items():
+        c = PRESETS[name].config
+        assert (c.ways, c.shots, c.queries, c.inner_lr, c.inner_steps, c.eval_inner_steps, c.meta_batch) == row
+        assert c.iterations == 60_000 and c.meta_lr == 1e-3 and not c.first_order
+        assert PRESETS[f"{name}-fo"].config.first_order
+    assert PRESETS["miniimagenet-5w1s"].config.clip_value == 10
+    assert PRESETS["omniglot-5w1s-mlp"].config.model == "mlp"
+
+
+def test_official_loss_scaling_is_sum_over_k():
+    logits, labels = torch.randn(10, 5), torch.arange(5).repeat(2)  # 5-way, K = 2
+    official = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / 2
+    assert torch.allclose(scaled_cross_entropy(logits, labels, scale=5), official)
+
+
+@needs_real_omniglot
+def test_omniglot_run_selects_on_validation_and_reevaluates(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "omniglot-5w1s", *TINY, "--iterations", "6", "--validate-every", "3",
+                 "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert len(results["accuracy"]) == 4 and results["eval_tasks"] == 20  # 0..3 inner steps
+    assert results["checkpoint_iteration"] in (3, 6)
+    assert all(0 <= a <= 100 for a in results["accuracy"])
+    validated = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val/accuracy" in r]
+    assert [r["iteration"] for r in validated] == [3, 6]
+    best = max(validated, key=lambda r: r["val/accuracy"])
+    assert results["val_accuracy"] == best["val/accuracy"]
+    assert (run / "learning_curve.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text()) == results
+    assert "test accuracy %" in capsys.readouterr().out
+
+
+@needs_real_omniglot
+@pytest.mark.parametrize("args, message", [
+    (["--ways", "150"], "ways"),
+    (["--shots", "15", "--queries", "10"], "shots"),
+])
+def test_impossible_episodes_get_one_line_errors(tmp_path, capsys, args, message):
+    assert main(["train", "omniglot-5w1s", *TINY, *args, "--out", str(tmp_path / "run")]) == 1
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{tmp}/missing"], "Omniglot not found"),
+    (["--dataset", "imagenet"], "dataset must be one of omniglot, miniimagenet"),
+])
+def test_bad_data_gets_one_line_errors(tmp_path, capsys, args, message):
+    argv = ["train", "omniglot-5w1s", *[a.format(tmp=tmp_path) for a in args], "--out", str(tmp_path / "run")]
+    assert main(argv) == 1
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_missing_miniimagenet_names_the_expected_files(tmp_path, capsys):
+    assert main(["train", "miniimagenet-5w1s", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 1
+    assert "mini-imagenet-cache" in capsys.readouterr().err
+
+
+def test_mlp_only_for_omniglot():
+    with pytest.raises(ValueError, match="Omniglot's baseline"):
+        FewShotConfig(dataset="miniimagenet", model="mlp")
