@@ -132,6 +132,20 @@ def test_nan_stops_the_loop_and_keeps_the_last_good_checkpoint(tmp_path):
     assert path.name == "ckpt-000000005.pt" and state["learners"]["model"]["weight"].item() == 5
 
 
+class Slow(FailsAt):
+    def step(self, batch):
+        time.sleep(0.05)
+        return super().step(batch)
+
+
+def test_time_limit_stops_early_with_a_checkpoint_to_resume_from(tmp_path):
+    loop = TrainLoop(tmp_path, {"model": Slow(0)}, lambda start: iter(lambda: None, 0), iterations=1000,
+                     checkpoint_every=1000, log_every=1000, time_limit=0.3)
+    loop.run()
+    state, path = load_latest_checkpoint(tmp_path / "checkpoints")
+    assert 3 <= state["iteration"] < 20 and state["learners"]["model"]["weight"].item() == state["iteration"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--resume", "{tmp}/nothing"], "is not a mamlkit run folder"),
     (["train", "sinusoid", "--inner-steps", "-1", "--out", "{tmp}/neg"], "inner_steps must be a whole number >= 0"),

@@ -59,6 +59,7 @@ class TrainLoop:
     nan_hint: str = "lower the learning rates (--inner-lr, --meta-lr)"
     validate: Callable[[int], dict[str, float]] | None = None  # called every validate_every iterations
     validate_every: int = 1000
+    time_limit: float | None = None  # seconds; stop early (checkpointed, resumable) when exceeded
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -81,6 +82,7 @@ class TrainLoop:
         metrics = MetricsLog(self.run_dir, start)
         bar = tqdm(total=self.iterations, initial=start, unit="it", dynamic_ncols=True, disable=None)
         window_start, window_iterations = time.perf_counter(), 0
+        deadline = time.perf_counter() + self.time_limit if self.time_limit else float("inf")
         try:
             for iteration, batch in zip(range(start + 1, self.iterations + 1), self.batches(start)):
                 scalars = {}
@@ -91,7 +93,7 @@ class TrainLoop:
                         scalars[f"{name}/{key}"] = value
                 bar.update()
                 window_iterations += 1
-                last = iteration == self.iterations
+                last = iteration == self.iterations or time.perf_counter() > deadline
                 validated = self.validate is not None and (iteration % self.validate_every == 0 or last)
                 if validated:
                     scalars.update(self.validate(iteration))
@@ -103,6 +105,8 @@ class TrainLoop:
                     window_start, window_iterations = time.perf_counter(), 0
                 if iteration % self.checkpoint_every == 0 or last:
                     save_checkpoint(self.checkpoint_dir, iteration, self._state(iteration))
+                if last:
+                    break
         finally:
             bar.close()
             metrics.close()

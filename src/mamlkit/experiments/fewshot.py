@@ -45,6 +45,7 @@ class FewShotConfig:
     loss_scale: str = "official"  # official: sum / K = N × mean, so the paper's α apply | mean
     clip_value: float = 0.0  # clip meta-gradients to [−c, c]; 0 = off (MiniImagenet: 10)
     iterations: int = 60_000
+    max_minutes: float = 0.0  # stop training after this wall-clock budget (0 = none); resumable
     validate_every: int = 500
     validation_tasks: int = 200
     eval_tasks: int = 600
@@ -170,7 +171,8 @@ def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
         batches=lambda start: task_stream(partial(samplers["train"].sample, config.meta_batch), config.seed,
                                           workers=config.workers, start=start),
         iterations=config.iterations, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-        nan_hint="lower --inner-lr or --meta-lr", validate=validate, validate_every=config.validate_every)
+        nan_hint="lower --inner-lr or --meta-lr", validate=validate, validate_every=config.validate_every,
+        time_limit=config.max_minutes * 60 or None)
     loop.run(start=loop.restore() if resume else 0)
     return evaluate(config, run_dir, samplers)
 
