@@ -45,7 +45,7 @@ from torch.func import functional_call  # noqa: E402
 from mamlkit import MAML  # noqa: E402
 
 TASKS, SHOTS, INNER_LR, META_LR = 25, 10, 0.01, 1e-3
-N_BATCHES, WARMUP, MAX_BLOCK_S = 10, 10, 1.5
+N_BATCHES, WARMUP, MAX_BLOCK_S = 10, 10, 1.0
 
 
 def parse_args():
@@ -239,9 +239,10 @@ def markdown_table(rows) -> str:
             continue
         base = l2l_ms.get((r["order"], r["threads"]))
         speedup = None if base is None else base / r["ms"]
-        lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['ms']:.2f} ({r['ms_min']:.2f}) "
-                     f"| {fmt(speedup, '.2f')} | {r['grad_err']:.1e} | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} "
-                     f"| {r['other_cores']:.2f} |")
+        contended = " ⚠" if r["other_cores"] > os.cpu_count() - r["threads"] + 0.1 else ""
+        lines.append(f"| {r['method']} | {r['order']} | {r['threads']} "
+                     f"| {r['ms']:.2f} ({r['ms_min']:.2f}){contended} | {fmt(speedup, '.2f')} | {r['grad_err']:.1e} "
+                     f"| {r['peak_mb']:.1f} | {r['first_call_s']:.2f} | {r['other_cores']:.2f} |")
     return "\n".join(lines)
 
 
@@ -283,8 +284,8 @@ Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.processor()
 - load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_start)} at start, \
 {', '.join(f'{x:.2f}' for x in load_end)} at end (1-min load after each row in the .json)
 - other cores busy: CPU time used by other processes during the row's timed blocks (/proc/stat minus this \
-process) per wall second; when torch's threads fill every core, any other busy process stalls them, so rows \
-with threads = CPUs and other cores busy > ~0.1 are unreliable (per-block times in the .json)
+process) per wall second; ⚠ marks rows where that left fewer free cores than torch threads: the threads \
+then wait on each other's time slices (up to ~100x slower), so those times are unreliable
 - workload: MLP 1-40-40-1 ReLU, {TASKS} tasks, K={SHOTS} support + {SHOTS} query, one inner step α={INNER_LR}, \
 MSE; iteration = zero_grad + meta-gradient + Adam({META_LR})
 - ms/iter: median (and min) of {args.repeats} blocks of {args.iters // args.repeats} iterations after {WARMUP} \

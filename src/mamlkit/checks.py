@@ -74,3 +74,18 @@ def check_task(x: Tensor, y: Tensor, reference: Tensor | None) -> None:
 def check_finite(loss: float, iteration: int, hint: str) -> None:
     if not math.isfinite(loss):
         raise MamlkitError(f"the loss became {loss} at iteration {iteration}; {hint}")
+
+
+def check_config(config, whole=(), positive=(), rates=(), choices=None) -> None:
+    """Validate a config dataclass: whole numbers >= 0, numbers >= 1, learning rates, and
+    fields restricted to a set of values."""
+    for name in whole:
+        check_steps(getattr(config, name), name)
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise MamlkitError(f"{name} must be at least 1, got {getattr(config, name)}")
+    for name in rates:
+        check_learning_rate(getattr(config, name), name)
+    for name, allowed in (choices or {}).items():
+        if getattr(config, name) not in allowed:
+            raise MamlkitError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")

@@ -3,8 +3,6 @@
 import json
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
-
 
 class MetricsLog:
     """Appends ``{"iteration": i, **scalars}`` records; on resume drops records past the checkpoint."""
@@ -17,6 +15,8 @@ class MetricsLog:
             self.path.write_text("".join(f"{line}\n" for line in kept))
         elif not resume_iteration:
             self.path.write_text("")
+        from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard only for training runs
+
         self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_iteration + 1)
 
     def log(self, iteration: int, scalars: dict[str, float]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mamlkit.checks import check_learning_rate, check_steps
+from mamlkit.checks import check_config
 from mamlkit.engine.checkpoint import load_latest_checkpoint, save_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
@@ -59,20 +59,13 @@ class FewShotConfig:
     compile: str = "off"  # on | off
 
     def __post_init__(self):
-        for name in ("inner_steps", "eval_inner_steps", "iterations", "workers"):
-            check_steps(getattr(self, name), name)
-        for name in ("ways", "shots", "queries", "meta_batch", "validate_every", "validation_tasks",
-                     "eval_tasks", "eval_chunk", "checkpoint_every", "log_every", "threads"):
-            if getattr(self, name) < 1:
-                raise MamlkitError(f"{name} must be at least 1, got {getattr(self, name)}")
-        check_learning_rate(self.inner_lr, "inner_lr")
-        check_learning_rate(self.meta_lr, "meta_lr")
-        choices = {"dataset": ("omniglot", "miniimagenet"), "model": ("conv", "mlp"),
-                   "loss_scale": ("official", "mean"), "compile": ("on", "off"),
-                   "split": ("paper", "vinyals"), "batching": ("auto", "vmap", "loop")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise MamlkitError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        check_config(self, whole=("inner_steps", "eval_inner_steps", "iterations", "workers"),
+                     positive=("ways", "shots", "queries", "meta_batch", "validate_every", "validation_tasks",
+                               "eval_tasks", "eval_chunk", "checkpoint_every", "log_every", "threads"),
+                     rates=("inner_lr", "meta_lr"),
+                     choices={"dataset": ("omniglot", "miniimagenet"), "model": ("conv", "mlp"),
+                              "loss_scale": ("official", "mean"), "compile": ("on", "off"),
+                              "split": ("paper", "vinyals"), "batching": ("auto", "vmap", "loop")})
         if self.model == "mlp" and self.dataset != "omniglot":
             raise MamlkitError("the no-convolution MLP is Omniglot's baseline; use --model conv for MiniImagenet")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mamlkit.checks import check_learning_rate, check_steps
+from mamlkit.checks import check_config
 from mamlkit.engine.checkpoint import load_latest_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
@@ -49,18 +49,12 @@ class SinusoidConfig:
     threads: int = 1
 
     def __post_init__(self):
-        for name in ("iterations", "inner_steps", "eval_steps"):
-            check_steps(getattr(self, name), name)
-        for name in ("meta_batch", "support", "query", "eval_tasks", "eval_points", "threads",
-                     "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise MamlkitError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if min(self.eval_shots, default=0) < 1:
+        check_config(self, whole=("iterations", "inner_steps", "eval_steps"),
+                     positive=("meta_batch", "support", "query", "eval_tasks", "eval_points", "threads",
+                               "checkpoint_every", "log_every"),
+                     rates=("inner_lr", "meta_lr"), choices={"compile": ("auto", "on", "off")})
+        if not self.eval_shots or min(self.eval_shots) < 1:
             raise MamlkitError(f"eval_shots must be positive numbers of points, got {self.eval_shots}")
-        check_learning_rate(self.inner_lr, "inner_lr")
-        check_learning_rate(self.meta_lr, "meta_lr")
-        if self.compile not in ("auto", "on", "off"):
-            raise MamlkitError(f"compile must be auto, on or off, got {self.compile!r}")
 
 
 def oracle_inputs(batch: SinusoidBatch, x: torch.Tensor) -> torch.Tensor:

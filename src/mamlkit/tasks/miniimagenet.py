@@ -17,7 +17,6 @@ Pickles are read with an unpickler that only builds numpy arrays and plain conta
 tampered download cannot run code.
 """
 
-import contextlib
 import csv
 import hashlib
 import os
@@ -30,7 +29,7 @@ import torch
 from PIL import Image
 
 from mamlkit.errors import MamlkitError
-from mamlkit.tasks.image_classes import ImageClasses, user_cache_dir
+from mamlkit.tasks.image_classes import ImageClasses, user_cache_dir, write_cache
 
 SPLITS = ("train", "val", "test")
 SIZE = 84
@@ -173,7 +172,7 @@ def _load_csv(root: Path, split: str) -> ImageClasses:
         for flat_index, pixels in enumerate(pool.map(_decode, files)):
             flat[flat_index] = pixels.transpose(2, 0, 1)
     for cache_dir in cache_dirs:
-        if _write_cache(images, cache_dir / cache_name):
+        if write_cache(cache_dir / cache_name, lambda handle: np.save(handle, images)):
             break
     return ImageClasses(torch.from_numpy(images), names)
 
@@ -190,16 +189,3 @@ def _decode(path: Path) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _write_cache(images: np.ndarray, path: Path) -> bool:
-    """Writes atomically, so an interrupted run never leaves a half-written cache behind."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.save(f, images)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        return False

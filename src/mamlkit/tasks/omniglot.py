@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from mamlkit.errors import MamlkitError
-from mamlkit.tasks.image_classes import ImageClasses, user_cache_dir
+from mamlkit.tasks.image_classes import ImageClasses, user_cache_dir, write_cache
 
 SETS = ("images_background", "images_evaluation")
 EXPECTED_CHARACTERS = {"images_background": 964, "images_evaluation": 659}
@@ -94,7 +94,8 @@ def load_omniglot(root: str | os.PathLike, *, cache_dir: str | os.PathLike | Non
         chunks = [_decode_job(job) for job in jobs]
     images = np.concatenate(chunks).reshape(len(names), DRAWERS, 1, SIZE, SIZE)
     for folder in cache_dirs:
-        if _write_cache(folder / cache_name, images, names):
+        save = lambda handle: np.savez(handle, images=images, names=np.array(names))  # noqa: E731
+        if write_cache(folder / cache_name, save):
             break
     return ImageClasses(torch.from_numpy(images), names)
 
@@ -199,21 +200,6 @@ def _read_cache(path: Path) -> ImageClasses | None:
     if images.dtype != np.uint8 or images.shape != (len(names), DRAWERS, 1, SIZE, SIZE):
         return None
     return ImageClasses(torch.from_numpy(images), names)
-
-
-def _write_cache(path: Path, images: np.ndarray, names: list[str]) -> bool:
-    """Writes atomically, so an interrupted run never leaves a half-written cache behind."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, names=np.array(names))
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        return False
 
 
 def download_omniglot(dest: str | os.PathLike) -> Path:
