@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from functools import partial
 from pathlib import Path
 
@@ -53,14 +52,6 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
-if importlib.util.find_spec("tensorboard") is None:
-    # fewshot imports the trainer, whose metrics log imports TensorBoard; this benchmark never logs, so a side
-    # environment without it (e.g. the one holding learn2learn) gets a stand-in that refuses to be used.
-    def _no_tensorboard(*_args, **_kwargs):
-        raise ImportError("tensorboard is not installed")
-    _stub = types.ModuleType("torch.utils.tensorboard")
-    _stub.SummaryWriter = _no_tensorboard
-    sys.modules["torch.utils.tensorboard"] = _stub
 
 from mamlkit.errors import MamlkitError  # noqa: E402
 from mamlkit.experiments import fewshot  # noqa: E402
