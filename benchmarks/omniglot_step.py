@@ -31,15 +31,12 @@ import argparse
 import copy
 import dataclasses
 import datetime
-import importlib.metadata
 import importlib.util
 import json
 import os
 import platform
-import re
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+import harness  # noqa: E402  (benchmarks/harness.py, beside this file)
 import torch  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
@@ -146,29 +144,6 @@ def relative_error(model, reference) -> float:
 
 
 # -- worker: one row in this process ---------------------------------------------------------------
-def rss_mb(field="VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024
-
-
-def reset_peak_rss() -> bool:
-    try:  # Linux >= 4.0: "5" resets VmHWM to the current RSS
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """CPU seconds used so far by the whole machine (/proc/stat) and by this process."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
-    own = os.times()
-    return ((user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK"),
-            own.user + own.system)
-
-
 def timed_blocks(step, args) -> tuple[list[float], int, float, float]:
     """ms/iter of --repeats blocks (each cut short after max_block_s), iterations timed, their seconds in
     all, and other cores busy."""
@@ -180,9 +155,9 @@ def timed_blocks(step, args) -> tuple[list[float], int, float, float]:
         return (time.perf_counter() - start) / done * 1e3, done
 
     block(args.warmup)
-    (machine_before, own_before), start = cpu_seconds(), time.perf_counter()
+    (machine_before, own_before), start = harness.cpu_seconds(), time.perf_counter()
     blocks = [block(max(1, args.iters // args.repeats)) for _ in range(args.repeats)]
-    (machine_after, own_after), wall = cpu_seconds(), time.perf_counter() - start
+    (machine_after, own_after), wall = harness.cpu_seconds(), time.perf_counter() - start
     other = max(0.0, (machine_after - machine_before) - (own_after - own_before)) / wall
     seconds = sum(ms * done for ms, done in blocks) / 1e3
     return [ms for ms, _ in blocks], sum(done for _, done in blocks), seconds, other
@@ -195,11 +170,11 @@ def run_method(args, method, first_order) -> dict:
     meta_grad = BUILDERS[method](config, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
 
-    hwm_reset, rss_before = reset_peak_rss(), rss_mb()
+    hwm_reset, rss_before = harness.reset_peak_rss(), harness.rss_mb()
     start = time.perf_counter()
     meta_grad(*batches[0])
     first_call_s = time.perf_counter() - start
-    peak = rss_mb("VmHWM") if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = harness.rss_mb("VmHWM") if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     reference = reference_gradient(config, model, batches[0])
     grad_err = relative_error(model, reference)
@@ -250,17 +225,9 @@ def run_pipeline(args, workers) -> dict:
 def run_row(args, row: dict, extra: list[str]) -> dict:
     if row.get("method") in OPTIONAL and importlib.util.find_spec(row["method"]) is None:
         return {**row, "status": "not installed"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), *extra, "--threads", str(row["threads"]),
+    cmd = [str(Path(__file__).resolve()), *extra, "--threads", str(row["threads"]),
            "--iters", str(args.iters), "--repeats", str(args.repeats), "--data", str(args.data)]
-    proc = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        return {**row, "status": f"failed (exit {proc.returncode})"}
-    return {**row, "status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
-
-
-def fmt(x, spec):
-    return "—" if x is None else format(x, spec)
+    return harness.run_row(row, cmd + (["--quick"] if args.quick else []))
 
 
 def method_table(rows) -> str:
@@ -274,7 +241,7 @@ def method_table(rows) -> str:
             continue
         base = l2l_ms.get((r["order"], r["threads"]))
         lines.append(f"| {r['method']} | {r['order']} | {r['threads']} | {r['ms']:.1f} ({r['ms_min']:.1f}) "
-                     f"| {fmt(None if base is None else base / r['ms'], '.2f')} "
+                     f"| {harness.fmt(None if base is None else base / r['ms'], '.2f')} "
                      f"| {r['grad_err']:.1e} ({r['grad_err64']:.0e}) | {r['peak_mb']:.1f} | {r['first_call_s']:.2f} "
                      f"| {r['other_cores']:.2f} | {r['load1']:.2f} |")
     return "\n".join(lines)
@@ -292,16 +259,9 @@ def pipeline_table(rows, method_rows) -> str:
             continue
         ratio = r["ms"] / vmap_ms[r["threads"]] if r["threads"] in vmap_ms else None
         lines.append(f"| {r['threads']} | {r['workers']} | {r['wait_ms']:.2f} | {r['ms']:.1f} "
-                     f"| {100 * r['share']:.1f}% {'✓' if r['share'] < 0.05 else '✗'} | {fmt(ratio, '.2f')} "
+                     f"| {100 * r['share']:.1f}% {'✓' if r['share'] < 0.05 else '✗'} | {harness.fmt(ratio, '.2f')} "
                      f"| {r['other_cores']:.2f} | {r['load1']:.2f} |")
     return "\n".join(lines)
-
-
-def version(package):
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def main():
@@ -347,7 +307,7 @@ def main():
 
 - command: `{command}`{' (smoke test, not a measurement)' if args.quick else ''}
 - date: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s in all
-- torch {torch.__version__}, learn2learn {version('learn2learn')}, Python {platform.python_version()}, \
+- torch {torch.__version__}, learn2learn {harness.version('learn2learn')}, Python {platform.python_version()}, \
 {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})
 - load average (1, 5, 15 min): {loads[0]} at start, {loads[1]} at end; load1 column: after each row
 - other cores busy: CPU time used by other processes during the row's timed blocks (/proc/stat minus this \
@@ -373,7 +333,7 @@ blocks (target < 5%); other cores busy includes the row's own task_stream worker
     args.out.write_text(report)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"command": command, "date": started.isoformat(), "torch": torch.__version__,
-         "learn2learn": version("learn2learn"), "load_start": load_start, "load_end": load_end,
+         "learn2learn": harness.version("learn2learn"), "load_start": load_start, "load_end": load_end,
          "rows": rows, "pipeline": pipeline}, indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -21,7 +21,6 @@ learn2learn and higher are optional (shown as "not installed"); mamlkit is taken
 
 import argparse
 import datetime
-import importlib.metadata
 import importlib.util
 import json
 import math
@@ -29,7 +28,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+import harness  # noqa: E402  (benchmarks/harness.py, beside this file)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -149,19 +148,6 @@ OPTIONAL = ("learn2learn", "higher")  # method name = module name
 
 
 # -- worker: one method, one order, one thread count ----------------------------------------------
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """CPU seconds used so far by the whole machine (/proc/stat) and by this process."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
-    own = os.times()
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
 def reference_gradient(model, batch, first_order) -> dict[str, torch.Tensor]:
     params = {name: p.detach().double().requires_grad_() for name, p in model.named_parameters()}
     loss = plain_meta_loss(model, params, *(t.double() for t in batch), first_order)
@@ -175,7 +161,7 @@ def run_worker(method: str, first_order: bool, threads: int, iters: int, repeats
     meta_grad = METHODS[method](model, first_order)
     optimizer = torch.optim.Adam(model.parameters(), lr=META_LR)
 
-    rss_before = rss_mb()
+    rss_before = harness.rss_mb()
     start = time.perf_counter()
     meta_grad(*batches[0])
     first_call_s = time.perf_counter() - start
@@ -199,9 +185,9 @@ def run_worker(method: str, first_order: bool, threads: int, iters: int, repeats
         return (time.perf_counter() - start) / done * 1e3, done
 
     timed_block(WARMUP)
-    (machine_before, own_before), start = cpu_seconds(), time.perf_counter()
+    (machine_before, own_before), start = harness.cpu_seconds(), time.perf_counter()
     blocks = [timed_block(max(1, iters // repeats)) for _ in range(repeats)]
-    (machine_after, own_after), wall = cpu_seconds(), time.perf_counter() - start
+    (machine_after, own_after), wall = harness.cpu_seconds(), time.perf_counter() - start
     ms_per_iter = [ms for ms, _ in blocks]
     return {"ms": statistics.median(ms_per_iter), "ms_min": min(ms_per_iter), "ms_blocks": ms_per_iter,
             "iters_timed": sum(done for _, done in blocks), "grad_err": grad_err, "peak_mb": peak_mb,
@@ -214,17 +200,9 @@ def run_config(method, order, threads, args) -> dict:
     row = {"method": method, "order": order, "threads": threads}
     if method in OPTIONAL and importlib.util.find_spec(method) is None:
         return {**row, "status": "not installed"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", method, "--order", order,
+    cmd = [str(Path(__file__).resolve()), "--only", method, "--order", order,
            "--threads", str(threads), "--iters", str(args.iters), "--repeats", str(args.repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        return {**row, "status": f"failed (exit {proc.returncode})"}
-    return {**row, "status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
-
-
-def fmt(x, spec):
-    return "—" if x is None else format(x, spec)
+    return harness.run_row(row, cmd)
 
 
 def markdown_table(rows) -> str:
@@ -241,16 +219,9 @@ def markdown_table(rows) -> str:
         speedup = None if base is None else base / r["ms"]
         contended = " ⚠" if r["other_cores"] > os.cpu_count() - r["threads"] + 0.1 else ""
         lines.append(f"| {r['method']} | {r['order']} | {r['threads']} "
-                     f"| {r['ms']:.2f} ({r['ms_min']:.2f}){contended} | {fmt(speedup, '.2f')} | {r['grad_err']:.1e} "
+                     f"| {r['ms']:.2f} ({r['ms_min']:.2f}){contended} | {harness.fmt(speedup, '.2f')} | {r['grad_err']:.1e} "
                      f"| {r['peak_mb']:.1f} | {r['first_call_s']:.2f} | {r['other_cores']:.2f} |")
     return "\n".join(lines)
-
-
-def version(package):
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def main():
@@ -268,7 +239,7 @@ def main():
                 row = run_config(method, order, threads, args)
                 rows.append(row)
                 print(f"{method:22s} {order:6s} threads={threads}: "
-                      f"{fmt(row.get('ms'), '.2f') + ' ms/iter' if row['status'] == 'ok' else row['status']}",
+                      f"{harness.fmt(row.get('ms'), '.2f') + ' ms/iter' if row['status'] == 'ok' else row['status']}",
                       file=sys.stderr, flush=True)
     load_end = os.getloadavg()
     elapsed = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
@@ -279,7 +250,7 @@ def main():
 
 - command: `{command}`
 - date: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s in all
-- torch {torch.__version__}, learn2learn {version('learn2learn')}, higher {version('higher')}, \
+- torch {torch.__version__}, learn2learn {harness.version('learn2learn')}, higher {harness.version('higher')}, \
 Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})
 - load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_start)} at start, \
 {', '.join(f'{x:.2f}' for x in load_end)} at end (1-min load after each row in the .json)
