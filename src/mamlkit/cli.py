@@ -6,7 +6,7 @@ import sys
 import typing
 from pathlib import Path
 
-from mamlkit.engine.run import config_from_dict, create_run, read_run, update_run_config
+from mamlkit.engine.run import config_from_dict, create_run, read_run, write_run_config
 from mamlkit.errors import MamlkitError
 from mamlkit.presets import PRESETS, get_preset
 
@@ -50,7 +50,7 @@ def _train(argv: list[str]) -> None:
     overrides = {k: v for k, v in args.items() if k not in ("preset", "resume", "out")}
     config = dataclasses.replace(base, **overrides)
     if known.resume:
-        update_run_config(known.resume, preset_name, config)
+        write_run_config(known.resume, preset_name, config)
         run_dir = known.resume
     else:
         run_dir = create_run(args.get("out"), preset_name, config)

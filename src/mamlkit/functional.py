@@ -68,6 +68,5 @@ def adaptation_curve(forward: Forward, loss_fn: LossFn, metrics: Mapping[str, Lo
         prediction = forward(params, query_x)
         rows.append(torch.stack([metric(prediction, query_y) for metric in metrics.values()]))
         if step < steps:
-            grads = gradient(lambda p: loss_fn(forward(p, support_x), support_y), params, False)
-            params = sgd_step(params, grads, lr)
+            params = adapt(forward, loss_fn, params, support_x, support_y, lr, 1, True, gradient)
     return torch.stack(rows)

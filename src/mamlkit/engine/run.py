@@ -31,7 +31,7 @@ def create_run(out: Path | None, preset: str, config) -> Path:
         raise MamlkitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                            f"or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, {"preset": preset, **dataclasses.asdict(config)})
+    write_run_config(run_dir, preset, config)
     return run_dir
 
 
@@ -47,5 +47,5 @@ def read_run(run_dir: Path) -> tuple[str, dict]:
     return data.pop("preset"), data
 
 
-def update_run_config(run_dir: Path, preset: str, config) -> None:
+def write_run_config(run_dir: Path, preset: str, config) -> None:
     write_json(Path(run_dir) / CONFIG, {"preset": preset, **dataclasses.asdict(config)})
