@@ -1,0 +1,263 @@
+"""The GPU check: exact meta-gradients on the device, timed meta-iterations, and the training path.
+
+One file for a session that has a GPU lent for a few minutes (≤ 10 min on one H100). It
+
+1. checks the meta-gradient computed ON THE DEVICE in float64 against the independent reference
+   loop of tests/reference.py run on the CPU (relative error < 1e-10): every model of
+   tests/zoo.py plus the paper's full-size networks (sinusoid MLP 1-40-40-1, Omniglot conv 4×64,
+   Omniglot MLP, MiniImagenet conv 4×32 at 84×84), second and first order, vmap and loop paths;
+2. times one meta-iteration (zero_grad + meta-gradient + Adam step, `MetaLearner.step`) of the
+   sinusoid preset (25 tasks) and of Omniglot 5-way 1-shot (32 tasks; real data when found, else
+   random images of the same shape), eager and `torch.compile`d, float32, with CUDA synchronised
+   around every timed block;
+3. runs the training path end to end: `mamlkit train sinusoid --device <device>` for a few
+   iterations, then resumes that run on the CPU (a checkpoint written on the device loads on the
+   CPU), and `torchrun --nproc-per-node 1` (NCCL on CUDA, gloo on CPU).
+
+It writes a markdown table and a JSON file and exits non-zero when a check fails.
+
+    python benchmarks/gpu_check.py                              # on a GPU machine: benchmarks/results/gpu_check.md
+    python benchmarks/gpu_check.py --device cpu --quick --compile sinusoid   # the same script on a CPU, in $TMPDIR
+"""
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mamlkit import MAML  # noqa: E402
+from mamlkit.engine.trainer import MetaLearner  # noqa: E402
+from mamlkit.experiments import fewshot, sinusoid  # noqa: E402
+from mamlkit.models.conv import miniimagenet_conv, omniglot_conv, omniglot_mlp  # noqa: E402
+from mamlkit.models.mlp import mlp  # noqa: E402
+from mamlkit.presets import get_preset  # noqa: E402
+from mamlkit.tasks.sinusoid import SinusoidTasks  # noqa: E402
+from mamlkit.tasks.stream import batch_generator  # noqa: E402
+from reference import reference_meta_grad, relative_error  # noqa: E402  (tests/reference.py)
+from zoo import CASES, image_batch, regression_batch  # noqa: E402  (tests/zoo.py)
+
+TOLERANCE = 1e-10
+PAPER_CASES = {  # full-size networks, 2 tasks each
+    "paper sinusoid mlp 1-40-40-1": (lambda: mlp((1, 40, 40, 1)), lambda: regression_batch(2, 10, 1), F.mse_loss),
+    "paper omniglot conv 4x64": (lambda: omniglot_conv(5), lambda: image_batch(2, 5, 5, size=28), F.cross_entropy),
+    "paper omniglot mlp": (lambda: omniglot_mlp(5), lambda: image_batch(2, 5, 5, size=28), F.cross_entropy),
+    "paper miniimagenet conv 4x32": (lambda: miniimagenet_conv(5, channels=1), lambda: image_batch(2, 5, 5, size=84),
+                                     F.cross_entropy),
+}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--quick", action="store_true", help="fewer timed iterations")
+    parser.add_argument("--compile", choices=["all", "sinusoid", "none"], default="all",
+                        help="which workloads also run compiled (Omniglot compiles for minutes on a CPU)")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "omniglot")
+    parser.add_argument("--out", type=Path, help="markdown report (JSON beside it; default "
+                        "benchmarks/results/gpu_check.md on CUDA, $TMPDIR/gpu_check_cpu.md otherwise)")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device visible; run with --device cpu to check the script itself")
+    args.device = torch.device(args.device)
+    args.out = args.out or (REPO / "benchmarks" / "results" / "gpu_check.md" if args.device.type == "cuda"
+                            else Path(tempfile.gettempdir()) / "gpu_check_cpu.md")
+    return args
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- 1. exact meta-gradients on the device -----------------------------------------------------------
+def gradient_checks(device: torch.device) -> list[dict]:
+    rows = []
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for name, (make_model, make_batch, loss_fn) in {**CASES, **PAPER_CASES}.items():
+            torch.manual_seed(0)
+            model, batch = make_model(), make_batch()
+            for first_order in (False, True):
+                expected = reference_meta_grad(model, loss_fn, 0.3, 2, batch, first_order=first_order)
+                for batching in ("vmap", "loop"):
+                    on_device = copy.deepcopy(model).to(device)
+                    maml = MAML(on_device, loss_fn, inner_lr=0.3, inner_steps=2, first_order=first_order,
+                                batching=batching)
+                    start = time.perf_counter()
+                    maml.meta_backward(*(t.to(device) for t in batch))
+                    synchronize(device)
+                    grads = {n: p.grad.cpu() for n, p in on_device.named_parameters() if p.requires_grad}
+                    error = relative_error(grads, expected)
+                    rows.append({"model": name, "order": "first" if first_order else "second", "batching": batching,
+                                 "rel_error": error, "ok": error < TOLERANCE, "s": time.perf_counter() - start})
+                    print(f"grad {name:32s} {rows[-1]['order']:6s} {batching:4s} {error:.1e}", flush=True)
+    finally:
+        torch.set_default_dtype(previous)
+    return rows
+
+
+# -- 2. timed meta-iterations ------------------------------------------------------------------------
+def time_steps(learner, batches, device, warmup: int, iters: int) -> dict:
+    start = time.perf_counter()
+    learner.step(batches[0])  # compiles, when compiled
+    synchronize(device)
+    first = time.perf_counter() - start
+    for i in range(warmup):
+        learner.step(batches[i % len(batches)])
+    blocks = []
+    for _ in range(3):
+        synchronize(device)
+        start = time.perf_counter()
+        for i in range(iters):
+            learner.step(batches[i % len(batches)])
+        synchronize(device)
+        blocks.append((time.perf_counter() - start) / iters * 1e3)
+    return {"ms_median": statistics.median(blocks), "ms_min": min(blocks), "first_call_s": first}
+
+
+def sinusoid_learner(device, compiled: bool):
+    config = dataclasses.replace(get_preset("sinusoid").config, device=str(device))
+    model = sinusoid.build_models(config)["maml"]
+    return MetaLearner(sinusoid.make_maml(config, model, compile_step=compiled),
+                       torch.optim.Adam(model.parameters(), lr=config.meta_lr)), config
+
+
+def sinusoid_batches(config, device, n=8):
+    tasks = SinusoidTasks()
+    return [tuple(t.to(device) for t in tasks.sample(config.meta_batch, config.support, config.query,
+                                                     batch_generator(0, i))[:4]) for i in range(n)]
+
+
+def omniglot_batches(config, device, n=8) -> tuple[list, str]:
+    if Path(config.data).exists():
+        sampler = fewshot.load_samplers(config)["train"]
+        batches = [sampler.sample(config.meta_batch, batch_generator(0, i)) for i in range(n)]
+        source = f"real Omniglot ({config.data})"
+    else:
+        g = torch.Generator().manual_seed(0)
+        shape = (config.meta_batch, config.ways * config.shots, 1, 28, 28)
+        labels = torch.arange(config.ways).repeat_interleave(config.shots).expand(config.meta_batch, -1)
+        batches = [(torch.rand(shape, generator=g), labels, torch.rand(shape, generator=g), labels) for _ in range(n)]
+        source = "random 28×28 images (Omniglot not found)"
+    return [tuple(t.to(device) for t in b) for b in batches], source
+
+
+def timings(args) -> tuple[list[dict], str]:
+    warmup, iters = (1, 3) if args.quick else (5, 20)
+    rows = []
+    for compiled in (False, True):
+        if compiled and args.compile == "none":
+            continue
+        learner, config = sinusoid_learner(args.device, compiled)
+        rows.append({"workload": "sinusoid 25 tasks, K=10", "mode": "compiled" if compiled else "eager",
+                     **time_steps(learner, sinusoid_batches(config, args.device), args.device, warmup, iters)})
+        print(f"time {rows[-1]}", flush=True)
+    config = dataclasses.replace(get_preset("omniglot-5w1s").config, data=str(args.data), device=str(args.device))
+    batches, source = omniglot_batches(config, args.device)
+    for compiled in (False, True):
+        if compiled and args.compile != "all":
+            continue
+        config_c = dataclasses.replace(config, compile="on" if compiled else "off")
+        model = fewshot.build_model(config_c)
+        learner = MetaLearner(fewshot.make_maml(config_c, model), torch.optim.Adam(model.parameters(), lr=1e-3))
+        rows.append({"workload": "omniglot 5w1s 32 tasks, conv 4×64", "mode": "compiled" if compiled else "eager",
+                     **time_steps(learner, batches, args.device, warmup, iters)})
+        print(f"time {rows[-1]}", flush=True)
+    return rows, source
+
+
+# -- 3. the training path end to end -----------------------------------------------------------------
+def training_path(device: torch.device) -> list[dict]:
+    small = ["--eval-tasks", "20", "--eval-shots", "5", "--eval-steps", "3", "--compile", "off", "--meta-batch", "8",
+             "--log-every", "10"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO / "src")}
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        run = Path(scratch) / "run"
+        commands = {
+            f"train on {device.type}": ["-m", "mamlkit", "train", "sinusoid", "--iterations", "20",
+                                        "--checkpoint-every", "10", "--device", device.type, *small, "--out", str(run)],
+            f"resume the {device.type} checkpoint on cpu": ["-m", "mamlkit", "train", "--resume", str(run),
+                                                            "--iterations", "30", "--device", "cpu"],
+            "torchrun 1 process": ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
+                                   "mamlkit", "train", "sinusoid", "--iterations", "20", "--device", device.type,
+                                   *small, "--out", str(Path(scratch) / "torchrun")],
+        }
+        for name, command in commands.items():
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, env=env)
+            ok = proc.returncode == 0
+            if name.startswith("resume"):
+                metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+                ok = ok and [m["iteration"] for m in metrics] == [10, 20, 30]
+            rows.append({"check": name, "ok": ok, "s": time.perf_counter() - start,
+                         "error": "" if ok else proc.stderr.strip().splitlines()[-1:] or ["(no output)"]})
+            print(f"path {rows[-1]}", flush=True)
+    return rows
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} threads")
+
+
+def write_report(args, grads, times, source, paths, seconds) -> bool:
+    passed = all(r["ok"] for r in grads) and all(r["ok"] for r in paths)
+    lines = ["# GPU check: exact meta-gradients on the device, meta-iteration times, training path", "",
+             f"- command: `python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`".rstrip(),
+             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all; "
+             f"load average {os.getloadavg()[0]:.2f}",
+             f"- device: {device_name(args.device)}; torch {torch.__version__}, Python {platform.python_version()}",
+             f"- result: {'PASS' if passed else 'FAIL'}", "",
+             f"## Meta-gradients on {args.device.type} (float64) vs the CPU reference loop (tests/reference.py)", "",
+             f"2 inner steps, α = 0.3; pass: relative error < {TOLERANCE:g}.", "",
+             "| model | order | path | rel error | ok |", "|---|---|---|---:|---|"]
+    lines += [f"| {r['model']} | {r['order']} | {r['batching']} | {r['rel_error']:.1e} | {'yes' if r['ok'] else 'NO'} |"
+              for r in grads]
+    lines += ["", f"## One meta-iteration on {args.device.type} (float32; MetaLearner.step: zero_grad, meta-gradient, "
+              "Adam)", "", f"Omniglot data: {source}. ms: median (min) of 3 timed blocks after warm-up; first call "
+              "includes compilation.", "",
+              "| workload | mode | ms/iter median (min) | first call s |", "|---|---|---:|---:|"]
+    lines += [f"| {r['workload']} | {r['mode']} | {r['ms_median']:.2f} ({r['ms_min']:.2f}) | {r['first_call_s']:.1f} |"
+              for r in times]
+    lines += ["", "## Training path", "", "| check | ok | s | error |", "|---|---|---:|---|"]
+    lines += [f"| {r['check']} | {'yes' if r['ok'] else 'NO'} | {r['s']:.1f} | {' '.join(r['error'])} |" for r in paths]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"device": device_name(args.device), "passed": passed, "gradients": grads, "timings": times,
+         "omniglot_data": source, "training_path": paths}, indent=2) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten: {args.out} and {args.out.with_suffix('.json')}")
+    return passed
+
+
+def main() -> int:
+    args = parse_args()
+    start = time.perf_counter()
+    grads = gradient_checks(args.device)
+    times, source = timings(args)
+    paths = training_path(args.device)
+    return 0 if write_report(args, grads, times, source, paths, time.perf_counter() - start) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
