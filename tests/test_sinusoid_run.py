@@ -169,3 +169,30 @@ def test_resume_without_checkpoint_and_existing_out_are_refused(tmp_path, capsys
     (run / "checkpoints" / "ckpt-000000005.pt").write_bytes(b"x")
     assert main(["train", "sinusoid", "--out", str(run)]) == 1
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algo", ["metasgd", "mamlpp", "reptile", "imaml"])
+def test_every_algorithm_trains_resumes_and_evaluates_from_the_cli(tmp_path, algo):
+    """--algo picks the meta-learner; its extra state (learned rates, MAML++'s iteration counter)
+    is checkpointed, so a resumed run ends where an uninterrupted one does."""
+    options = ["--algo", algo, "--inner-steps", "2", "--eval-steps", "2"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["train", "sinusoid", "--iterations", "20", "--checkpoint-every", "10", *SMALL, *options,
+                 "--out", str(whole)]) == 0
+    assert main(["train", "sinusoid", "--iterations", "10", "--checkpoint-every", "10", *SMALL, *options,
+                 "--out", str(split)]) == 0
+    assert main(["train", "--resume", str(split), "--iterations", "20"]) == 0
+    assert_same_run(whole, split)
+    saved = final_state(whole)[0]["learners"]["maml"]["model"]
+    if algo in ("metasgd", "mamlpp"):
+        assert any(key.startswith("inner_lr.") for key in saved)
+    assert json.loads((whole / "results.json").read_text())["algo"] == algo
+
+
+def test_algorithm_options_that_do_not_apply_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", "sinusoid", "--iterations", "2", *SMALL, "--algo", "reptile", "--first-order",
+                 "--out", str(tmp_path / "a")]) == 1
+    assert "first_order" in capsys.readouterr().err
+    assert main(["train", "sinusoid", "--iterations", "2", *SMALL, "--algo", "imaml", "--algo-options", "lam",
+                 "--out", str(tmp_path / "b")]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err

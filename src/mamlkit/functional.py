@@ -3,17 +3,25 @@
 Everything here takes parameters explicitly, so the same code runs for one task, under ``vmap``
 over a meta-batch, and under ``torch.compile``. Second order and first order differ only in
 whether the inner gradient stays in the graph.
+
+The variants are arguments of the same loop: a learning rate may be a number, a per-parameter
+mapping (Meta-SGD) or a function of the step (MAML++'s per-step rates); ``forward_at`` gives the
+forward for the parameters after a given number of steps (per-step BatchNorm); ``step_weights``
+turns the query loss into MAML++'s weighted multi-step loss; ``checkpoint`` recomputes each inner
+step in the backward pass instead of storing its graph.
 """
 
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 Params = dict[str, Tensor]
 Forward = Callable[[Params, Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Gradient = Callable[[Callable[[Params], Tensor], Params, bool], Params]
+ForwardAt = Callable[[int], Forward]
 
 
 def func_gradient(loss_of: Callable[[Params], Tensor], params: Params, create_graph: bool) -> Params:
@@ -35,6 +43,11 @@ def autograd_gradient(loss_of: Callable[[Params], Tensor], params: Params, creat
             for (name, p), g in zip(params.items(), grads)}
 
 
+def rate_at(lr, step: int):
+    """The learning rate of inner step ``step``: ``lr`` itself, or ``lr(step)`` when it is a function."""
+    return lr(step) if callable(lr) else lr
+
+
 def sgd_step(params: Params, grads: Params, lr: float | Mapping[str, Tensor]) -> Params:
     """θ' = θ − α∇θ, with α a number or a per-parameter mapping (Meta-SGD style)."""
     if isinstance(lr, Mapping):
@@ -42,31 +55,82 @@ def sgd_step(params: Params, grads: Params, lr: float | Mapping[str, Tensor]) ->
     return {name: p - lr * grads[name] for name, p in params.items()}
 
 
+def inner_step(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr,
+               first_order: bool, gradient: Gradient) -> Params:
+    """One gradient-descent step on the support loss."""
+    grads = gradient(lambda p: loss_fn(forward(p, x), y), params, not first_order)
+    return sgd_step(params, grads, lr)
+
+
+def checkpointed_inner_step(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr,
+                            first_order: bool, gradient: Gradient) -> Params:
+    """``inner_step`` whose graph is dropped after the forward pass and rebuilt during backward.
+
+    Only the step's input parameters are kept, so memory no longer grows with the step's
+    activations. ``torch.utils.checkpoint`` needs saved-tensor hooks, which ``torch.func.grad``
+    refuses in torch 2.13: use it with ``autograd_gradient`` (the task loop), not under vmap.
+    """
+    names = list(params)
+
+    def step(*values):
+        return tuple(inner_step(forward, loss_fn, dict(zip(names, values)), x, y, lr, first_order, gradient).values())
+
+    return dict(zip(names, torch.utils.checkpoint.checkpoint(step, *params.values(), use_reentrant=False)))
+
+
+def trajectory(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr, steps: int,
+               first_order: bool, gradient: Gradient = func_gradient, *, forward_at: ForwardAt | None = None,
+               checkpoint: bool = False) -> Iterator[Params]:
+    """θ_0, θ_1, ..., θ_steps: the parameters before and after each inner step on (x, y).
+
+    Step s runs the forward ``forward_at(s)`` (default ``forward``) with rate ``rate_at(lr, s)``.
+    """
+    step_fn = checkpointed_inner_step if checkpoint and torch.is_grad_enabled() else inner_step
+    yield params
+    for s in range(steps):
+        params = step_fn(forward_at(s) if forward_at else forward, loss_fn, params, x, y, rate_at(lr, s),
+                         first_order, gradient)
+        yield params
+
+
 def adapt(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr,
-          steps: int, first_order: bool, gradient: Gradient = func_gradient) -> Params:
+          steps: int, first_order: bool, gradient: Gradient = func_gradient, *,
+          forward_at: ForwardAt | None = None, checkpoint: bool = False) -> Params:
     """Run ``steps`` gradient-descent steps on one task's support set; return adapted parameters."""
-    for _ in range(steps):
-        grads = gradient(lambda p: loss_fn(forward(p, x), y), params, not first_order)
-        params = sgd_step(params, grads, lr)
+    for params in trajectory(forward, loss_fn, params, x, y, lr, steps, first_order, gradient,
+                             forward_at=forward_at, checkpoint=checkpoint):
+        pass
     return params
 
 
 def query_loss(forward: Forward, loss_fn: LossFn, params: Params, support_x: Tensor,
                support_y: Tensor, query_x: Tensor, query_y: Tensor, lr, steps: int,
-               first_order: bool, gradient: Gradient = func_gradient) -> Tensor:
-    """One task's contribution to the meta-objective: the query loss after adaptation."""
-    adapted = adapt(forward, loss_fn, params, support_x, support_y, lr, steps, first_order, gradient)
-    return loss_fn(forward(adapted, query_x), query_y)
+               first_order: bool, gradient: Gradient = func_gradient, *, forward_at: ForwardAt | None = None,
+               checkpoint: bool = False, step_weights: Tensor | None = None) -> Tensor:
+    """One task's contribution to the meta-objective: the query loss after adaptation.
+
+    With ``step_weights`` ([steps]) it is MAML++'s multi-step loss Σ_s w[s-1] L_query(θ_s), s = 1..steps.
+    """
+    at = forward_at or (lambda s: forward)
+    path = trajectory(forward, loss_fn, params, support_x, support_y, lr, steps, first_order, gradient,
+                      forward_at=forward_at, checkpoint=checkpoint)
+    if step_weights is None:
+        for params in path:
+            pass
+        return loss_fn(at(steps)(params, query_x), query_y)
+    losses = [loss_fn(at(s)(p, query_x), query_y) for s, p in enumerate(path) if s > 0]
+    return (torch.stack(losses) * step_weights).sum()
 
 
 def adaptation_curve(forward: Forward, loss_fn: LossFn, metrics: Mapping[str, LossFn],
                      params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
-                     query_y: Tensor, lr, steps: int, gradient: Gradient = func_gradient) -> Tensor:
+                     query_y: Tensor, lr, steps: int, gradient: Gradient = func_gradient, *,
+                     forward_at: ForwardAt | None = None) -> Tensor:
     """Query metrics before and after each of ``steps`` inner steps: ``[steps + 1, len(metrics)]``."""
+    at = forward_at or (lambda s: forward)
     rows = []
-    for step in range(steps + 1):
-        prediction = forward(params, query_x)
+    for s, p in enumerate(trajectory(forward, loss_fn, params, support_x, support_y, lr, steps, True, gradient,
+                                     forward_at=forward_at)):
+        prediction = at(s)(p, query_x)
         rows.append(torch.stack([metric(prediction, query_y) for metric in metrics.values()]))
-        if step < steps:
-            params = adapt(forward, loss_fn, params, support_x, support_y, lr, 1, True, gradient)
     return torch.stack(rows)

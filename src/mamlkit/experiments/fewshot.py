@@ -2,7 +2,8 @@
 
 The protocol is code, not a convention: the checkpoint is chosen on validation accuracy (never an
 ensemble), the test set is 600 tasks of classes never seen in training, and accuracy is reported
-after every inner step with a 95% confidence interval.
+after every inner step with a 95% confidence interval. Under torchrun the meta-batch, the
+validation tasks and the test tasks are sharded over the ranks; rank 0 writes every output.
 """
 
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mamlkit.algorithms import ALGORITHMS, from_settings
 from mamlkit.checks import check_config
+from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import load_latest_checkpoint, save_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
@@ -23,6 +26,7 @@ from mamlkit.stats import mean_and_ci95
 from mamlkit.tasks.episodes import EpisodeSampler
 from mamlkit.tasks.stream import batch_generator, task_stream
 
+DISTRIBUTED = True  # shards batches and evaluation under torchrun (see mamlkit.engine.distributed)
 VALIDATION_SEED, TEST_SEED = 1, 2  # fixed task sets, the same for every run
 
 
@@ -57,6 +61,9 @@ class FewShotConfig:
     threads: int = 2
     batching: str = "auto"
     compile: str = "off"  # on | off
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml | protomaml (docs/algorithms.md)
+    algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=2.0 cg_steps=5 for imaml
 
     def __post_init__(self):
         check_config(self, whole=("inner_steps", "eval_inner_steps", "iterations", "workers"),
@@ -65,7 +72,8 @@ class FewShotConfig:
                      rates=("inner_lr", "meta_lr"),
                      choices={"dataset": ("omniglot", "miniimagenet"), "model": ("conv", "mlp"),
                               "loss_scale": ("official", "mean"), "compile": ("on", "off"),
-                              "split": ("paper", "vinyals"), "batching": ("auto", "vmap", "loop")})
+                              "split": ("paper", "vinyals"), "batching": ("auto", "vmap", "loop"),
+                              "device": distributed.DEVICES, "algo": tuple(ALGORITHMS)})
         if self.model == "mlp" and self.dataset != "omniglot":
             raise MamlkitError("the no-convolution MLP is Omniglot's baseline; use --model conv for MiniImagenet")
 
@@ -85,16 +93,20 @@ def loss_function(config: FewShotConfig):
 
 
 def build_model(config: FewShotConfig) -> torch.nn.Module:
+    """The classifier, initialised on the CPU from the seed (the same on every device and rank)."""
     torch.manual_seed(config.seed)
     if config.dataset == "miniimagenet":
-        return miniimagenet_conv(config.ways)
-    return omniglot_conv(config.ways) if config.model == "conv" else omniglot_mlp(config.ways)
+        model = miniimagenet_conv(config.ways)
+    else:
+        model = omniglot_conv(config.ways) if config.model == "conv" else omniglot_mlp(config.ways)
+    return model.to(distributed.resolve_device(config.device))
 
 
 def make_maml(config: FewShotConfig, model) -> MAML:
-    return MAML(model, loss_function(config), inner_lr=config.inner_lr, inner_steps=config.inner_steps,
-                eval_inner_steps=config.eval_inner_steps, first_order=config.first_order,
-                batching=config.batching, compile=config.compile == "on")
+    """The configured meta-learner (``--algo``) around ``model``."""
+    return from_settings(config.algo, model, loss_function(config), config.algo_options, inner_lr=config.inner_lr,
+                         inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps,
+                         first_order=config.first_order, batching=config.batching, compile=config.compile == "on")
 
 
 def load_samplers(config: FewShotConfig) -> dict[str, EpisodeSampler]:
@@ -118,17 +130,20 @@ def load_samplers(config: FewShotConfig) -> dict[str, EpisodeSampler]:
     return samplers
 
 
-def fixed_tasks(sampler: EpisodeSampler, count: int, seed: int) -> tuple:
-    return sampler.sample(count, batch_generator(seed, 0))
+def fixed_tasks(sampler: EpisodeSampler, count: int, seed: int, device: torch.device | str = "cpu") -> tuple:
+    """This rank's part of a fixed task set (all of it in one process), on ``device``."""
+    tasks = sampler.sample(count, batch_generator(seed, 0))
+    return distributed.to_device(distributed.select(tasks, distributed.span(count)), device)
 
 
 def accuracy_curves(maml: MAML, tasks: tuple, chunk: int) -> torch.Tensor:
-    """Query accuracy after 0..eval_inner_steps steps, per task: ``[T, steps + 1]``."""
-    return maml.evaluate(*tasks, metrics={"accuracy": accuracy}, chunk_size=chunk)["accuracy"]
+    """Query accuracy after 0..eval_inner_steps steps, per task of every rank: ``[T, steps + 1]``."""
+    curves = maml.evaluate(*tasks, metrics={"accuracy": accuracy}, chunk_size=chunk)["accuracy"]
+    return distributed.gather_tasks(curves)
 
 
 class BestCheckpoint:
-    """Keeps the model with the best validation accuracy so far (survives resumes)."""
+    """Keeps the meta-learner with the best validation accuracy so far (survives resumes)."""
 
     def __init__(self, run_dir: Path):
         self.directory = Path(run_dir) / "best"
@@ -136,33 +151,38 @@ class BestCheckpoint:
         if any(self.directory.glob("ckpt-*.pt")):
             self.accuracy = load_latest_checkpoint(self.directory)[0]["val_accuracy"]
 
-    def offer(self, iteration: int, accuracy: float, model: torch.nn.Module) -> None:
+    def offer(self, iteration: int, accuracy: float, maml: MAML) -> None:
         if accuracy > self.accuracy:
             self.accuracy = accuracy
             save_checkpoint(self.directory, iteration, {"iteration": iteration, "val_accuracy": accuracy,
-                                                        "model": model.state_dict()}, keep=1)
+                                                        "model": maml.state_dict()}, keep=1)
 
 
 def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
     """Meta-train with validation-based checkpoint selection, then evaluate on the test classes."""
     torch.set_num_threads(config.threads)
+    device = distributed.resolve_device(config.device)
     samplers = load_samplers(config)
-    model = build_model(config)
-    maml = make_maml(config, model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
-    validation = fixed_tasks(samplers["val"], config.validation_tasks, VALIDATION_SEED)
-    best = BestCheckpoint(run_dir)
+    maml = make_maml(config, build_model(config))
+    optimizer = torch.optim.Adam(maml.parameters(), lr=config.meta_lr)
+    validation = fixed_tasks(samplers["val"], config.validation_tasks, VALIDATION_SEED, device)
+    best = BestCheckpoint(run_dir) if distributed.is_main() else None
 
     def validate(iteration: int) -> dict[str, float]:
         value = accuracy_curves(maml, validation, config.eval_chunk)[:, -1].mean().item()
-        best.offer(iteration, value, model)
+        if best is not None:
+            best.offer(iteration, value, maml)
         return {"val/accuracy": value}
+
+    def batches(start: int):
+        stream = task_stream(partial(samplers["train"].sample, config.meta_batch), config.seed,
+                             workers=config.workers, start=start)
+        return (distributed.to_device(distributed.shard(batch, config.meta_batch), device) for batch in stream)
 
     loop = TrainLoop(
         run_dir=run_dir,
         learners={"maml": MetaLearner(maml, optimizer, config.clip_value or None)},
-        batches=lambda start: task_stream(partial(samplers["train"].sample, config.meta_batch), config.seed,
-                                          workers=config.workers, start=start),
+        batches=batches,
         iterations=config.iterations, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         nan_hint="lower --inner-lr or --meta-lr", validate=validate, validate_every=config.validate_every,
         time_limit=config.max_minutes * 60 or None)
@@ -174,15 +194,17 @@ def evaluate(config: FewShotConfig, run_dir: Path, samplers: dict | None = None)
     """Test accuracy of the best-on-validation checkpoint: table, results.json, learning curve."""
     torch.set_num_threads(config.threads)
     samplers = samplers or load_samplers(config)
-    state, _ = load_latest_checkpoint(Path(run_dir) / "best")
-    model = build_model(config)
-    model.load_state_dict(state["model"])
-    curves = accuracy_curves(make_maml(config, model), fixed_tasks(samplers["test"], config.eval_tasks, TEST_SEED),
-                             config.eval_chunk)
+    state = distributed.from_main(lambda: load_latest_checkpoint(Path(run_dir) / "best")[0])
+    maml = make_maml(config, build_model(config))
+    maml.load_state_dict(state["model"])
+    test = fixed_tasks(samplers["test"], config.eval_tasks, TEST_SEED, distributed.resolve_device(config.device))
+    curves = accuracy_curves(maml, test, config.eval_chunk).cpu()
     mean, ci = mean_and_ci95(curves * 100)
-    results = {"metric": "test accuracy % after each inner step (index = steps)",
+    results = {"metric": "test accuracy % after each inner step (index = steps)", "algo": config.algo,
                "checkpoint_iteration": state["iteration"], "val_accuracy": state["val_accuracy"],
                "eval_tasks": config.eval_tasks, "accuracy": mean.tolist(), "ci95": ci.tolist()}
+    if not distributed.is_main():
+        return results
     write_json(Path(run_dir) / "results.json", results)
     print(format_table(results))
     from mamlkit.experiments.fewshot_plots import plot_learning_curve  # matplotlib only when plotting

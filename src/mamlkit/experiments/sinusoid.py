@@ -2,8 +2,9 @@
 
 MAML, a "pretrained" network (the same MLP regressed on all tasks jointly, then fine-tuned at test
 time with the same α) and an oracle (given A and φ as extra inputs) train side by side on the same
-task batches. Evaluation fine-tunes on K ∈ {5, 10, 20} points of 600 held-out tasks for 0..10 steps
-and reports the MSE on fresh points of each task's curve, with 95% confidence intervals.
+task batches (under torchrun each rank trains every learner on its shard of the batch and the
+gradients are averaged, so all three match a single-process run). Evaluation fine-tunes on
+K ∈ {5, 10, 20} points of 600 held-out tasks for 0..10 steps and reports the MSE on fresh points of each task's curve, with 95% confidence intervals.
 """
 
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mamlkit.algorithms import ALGORITHMS, accepts, from_settings
 from mamlkit.checks import check_config
+from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import load_latest_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
@@ -24,6 +27,7 @@ from mamlkit.stats import mean_and_ci95
 from mamlkit.tasks.sinusoid import SinusoidBatch, SinusoidTasks
 from mamlkit.tasks.stream import task_stream
 
+DISTRIBUTED = True  # shards batches and evaluation under torchrun (see mamlkit.engine.distributed)
 EVAL_SEED = 20170309  # held-out tasks are the same for every run and method
 
 
@@ -47,12 +51,17 @@ class SinusoidConfig:
     log_every: int = 100
     compile: str = "auto"  # "auto": compile when the run is long enough to repay ~40 s of compilation
     threads: int = 1
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml (see docs/algorithms.md)
+    algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=10.0 for imaml
 
     def __post_init__(self):
         check_config(self, whole=("iterations", "inner_steps", "eval_steps"),
                      positive=("meta_batch", "support", "query", "eval_tasks", "eval_points", "threads",
                                "checkpoint_every", "log_every"),
-                     rates=("inner_lr", "meta_lr"), choices={"compile": ("auto", "on", "off")})
+                     rates=("inner_lr", "meta_lr"), choices={"compile": ("auto", "on", "off"),
+                                                               "device": distributed.DEVICES,
+                                                               "algo": tuple(ALGORITHMS)})
         if not self.eval_shots or min(self.eval_shots) < 1:
             raise MamlkitError(f"eval_shots must be positive numbers of points, got {self.eval_shots}")
 
@@ -76,8 +85,9 @@ class JointRegression:
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.mse_loss(self.model(self.inputs(batch, x)), y)
         loss.backward()
+        loss = distributed.average_gradients(list(self.model.parameters()), loss)
         self.optimizer.step()
-        return {"mse": loss.item()}
+        return {"mse": loss}
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -88,33 +98,49 @@ class JointRegression:
 
 
 def should_compile(config: SinusoidConfig) -> bool:
-    return config.compile == "on" or (config.compile == "auto" and config.iterations >= 10_000)
+    long_run = config.iterations >= 10_000 and accepts(config.algo, "compile")
+    return config.compile == "on" or (config.compile == "auto" and long_run)
 
 
 def build_models(config: SinusoidConfig) -> dict[str, torch.nn.Module]:
+    """The three networks, initialised on the CPU from the seed (the same on every device and rank)."""
     torch.manual_seed(config.seed)
-    return {"maml": mlp((1, *config.hidden, 1)), "pretrained": mlp((1, *config.hidden, 1)),
-            "oracle": mlp((3, *config.hidden, 1))}
+    device = distributed.resolve_device(config.device)
+    return {"maml": mlp((1, *config.hidden, 1)).to(device), "pretrained": mlp((1, *config.hidden, 1)).to(device),
+            "oracle": mlp((3, *config.hidden, 1)).to(device)}
 
 
 def make_maml(config: SinusoidConfig, model, compile_step: bool = False) -> MAML:
-    return MAML(model, F.mse_loss, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
-                eval_inner_steps=config.eval_steps, first_order=config.first_order, compile=compile_step)
+    """The configured meta-learner (``--algo``) around the MAML network."""
+    return from_settings(config.algo, model, F.mse_loss, config.algo_options, inner_lr=config.inner_lr,
+                         inner_steps=config.inner_steps, eval_inner_steps=config.eval_steps,
+                         first_order=config.first_order, compile=compile_step)
+
+
+def fine_tuner(config: SinusoidConfig, model) -> MAML:
+    """Plain gradient descent with the same α: how the baselines adapt at test time."""
+    return MAML(model, F.mse_loss, inner_lr=config.inner_lr, eval_inner_steps=config.eval_steps)
 
 
 def make_loop(config: SinusoidConfig, run_dir: Path) -> TrainLoop:
     models = build_models(config)
-    adam = lambda model: torch.optim.Adam(model.parameters(), lr=config.meta_lr)  # noqa: E731
+    maml = make_maml(config, models["maml"], should_compile(config))
+    adam = lambda module: torch.optim.Adam(module.parameters(), lr=config.meta_lr)  # noqa: E731
     learners = {
-        "maml": MetaLearner(make_maml(config, models["maml"], should_compile(config)), adam(models["maml"])),
+        "maml": MetaLearner(maml, adam(maml)),
         "pretrained": JointRegression(models["pretrained"], adam(models["pretrained"])),
         "oracle": JointRegression(models["oracle"], adam(models["oracle"]), oracle_inputs),
     }
     tasks = SinusoidTasks()
+    device = distributed.resolve_device(config.device)
+
+    def batches(start: int):
+        stream = task_stream(partial(tasks.sample, config.meta_batch, config.support, config.query),
+                             config.seed, start=start)
+        return (distributed.to_device(distributed.shard(batch, config.meta_batch), device) for batch in stream)
+
     return TrainLoop(
-        run_dir=run_dir, learners=learners,
-        batches=lambda start: task_stream(partial(tasks.sample, config.meta_batch, config.support, config.query),
-                                          config.seed, start=start),
+        run_dir=run_dir, learners=learners, batches=batches,
         iterations=config.iterations,
         checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         nan_hint="lower --inner-lr or --meta-lr")
@@ -128,39 +154,54 @@ def train(config: SinusoidConfig, run_dir: Path, resume: bool = False) -> dict:
     return evaluate(config, run_dir)
 
 
-def load_models(config: SinusoidConfig, run_dir: Path) -> dict[str, torch.nn.Module]:
-    state, _ = load_latest_checkpoint(Path(run_dir) / "checkpoints")
+def load_learners(config: SinusoidConfig, run_dir: Path) -> dict[str, MAML]:
+    """The trained meta-learner and the two baselines' fine-tuners, from the last checkpoint."""
+    state = distributed.from_main(lambda: load_latest_checkpoint(Path(run_dir) / "checkpoints")[0])
     models = build_models(config)
-    for name, model in models.items():
-        model.load_state_dict(state["learners"][name]["model"])
-    return models
+    learners = {"maml": make_maml(config, models["maml"]), "pretrained": fine_tuner(config, models["pretrained"]),
+                "oracle": fine_tuner(config, models["oracle"])}
+    for name, learner in learners.items():
+        learner.load_state_dict(state["learners"][name]["model"])
+    return learners
 
 
 @torch.no_grad()
 def evaluate(config: SinusoidConfig, run_dir: Path) -> dict:
-    """MSE after 0..eval_steps steps at each K for MAML, pretrained and oracle; table, JSON, figures."""
+    """MSE after 0..eval_steps steps at each K for MAML, pretrained and oracle; table, JSON, figures.
+
+    Under torchrun each rank evaluates its part of the held-out tasks; rank 0 writes the outputs.
+    """
     torch.set_num_threads(config.threads)
-    models = load_models(config, run_dir)
+    learners = load_learners(config, run_dir)
+    device = distributed.resolve_device(config.device)
     tasks = SinusoidTasks()
+    mine = distributed.span(config.eval_tasks)
     results = {}
     for shots in config.eval_shots:
         batch = tasks.sample(config.eval_tasks, shots, config.eval_points, torch.Generator().manual_seed(EVAL_SEED + shots))
-        curves = {name: make_maml(config, models[name]).evaluate(*batch[:4], chunk_size=200)["loss"]
-                  for name in ("maml", "pretrained")}
-        oracle = models["oracle"](oracle_inputs(batch, batch.query_x))
+        batch = distributed.to_device(distributed.select(batch, mine), device)
+        curves = {name: learners[name].evaluate(*batch[:4], chunk_size=200)["loss"] for name in ("maml", "pretrained")}
+        oracle = learners["oracle"].model(oracle_inputs(batch, batch.query_x))
         oracle_mse = ((oracle - batch.query_y) ** 2).mean(dim=(1, 2))
         curves["oracle"] = oracle_mse[:, None].expand(-1, config.eval_steps + 1)
+        curves = {name: distributed.gather_tasks(curve).cpu() for name, curve in curves.items()}
         results[f"K={shots}"] = {}
         for name, curve in curves.items():
             mean, ci = mean_and_ci95(curve)
             results[f"K={shots}"][name] = {"mse": mean.tolist(), "ci95": ci.tolist()}
+    if distributed.is_main():
+        write_outputs(config, run_dir, learners, results)
+    return results
+
+
+def write_outputs(config: SinusoidConfig, run_dir: Path, learners: dict[str, MAML], results: dict) -> None:
     write_json(Path(run_dir) / "results.json", {"metric": "mse after each inner step (index = steps)",
-                                                "eval_tasks": config.eval_tasks, "results": results})
+                                                "algo": config.algo, "eval_tasks": config.eval_tasks,
+                                                "results": results})
     print(format_table(results))
     from mamlkit.experiments import sinusoid_plots  # matplotlib only when plotting
-    sinusoid_plots.plot_adaptation(models, partial(adapted_predictions, config), Path(run_dir) / "fig2_adaptation.png")
+    sinusoid_plots.plot_adaptation(learners, adapted_predictions, Path(run_dir) / "fig2_adaptation.png")
     sinusoid_plots.plot_mse_vs_steps(results, Path(run_dir) / "fig3_mse_vs_steps.png")
-    return results
 
 
 def format_table(results: dict, steps=(0, 1, 2, 5, 10)) -> str:
@@ -175,8 +216,8 @@ def format_table(results: dict, steps=(0, 1, 2, 5, 10)) -> str:
     return "\n".join(lines)
 
 
-def adapted_predictions(config: SinusoidConfig, model, x, y, grid, steps=(0, 1, 10)) -> dict[int, torch.Tensor]:
-    """Predictions on ``grid`` after each number of fine-tuning steps on the points (x, y)."""
-    maml = make_maml(config, model)
-    return {s: maml.predict(grid, maml.adapt(x, y, steps=s)) for s in steps}
-
+def adapted_predictions(learner: MAML, x, y, grid, steps=(0, 1, 10)) -> dict[int, torch.Tensor]:
+    """Predictions on ``grid`` (CPU tensors) after each number of inner steps on the points (x, y)."""
+    device = next(learner.model.parameters()).device
+    x, y, grid = x.to(device), y.to(device), grid.to(device)
+    return {s: learner.predict(grid, learner.adapt(x, y, steps=s)).cpu() for s in steps}

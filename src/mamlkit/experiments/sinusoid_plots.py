@@ -13,10 +13,10 @@ from mamlkit.tasks.sinusoid import SinusoidTasks  # noqa: E402
 STEP_STYLES = {0: ("pre-update", ":"), 1: ("1 grad step", "--"), 10: ("10 grad steps", "-")}
 
 
-def plot_adaptation(models: dict, adapted_predictions, path: Path, shots=(5, 10), seed: int = 7) -> None:
+def plot_adaptation(learners: dict, adapted_predictions, path: Path, shots=(5, 10), seed: int = 7) -> None:
     """For one task per K: the true curve, the K points and MAML's / pretrained's fit after 0, 1, 10 steps.
 
-    ``adapted_predictions(model, x, y, grid)`` returns ``{steps: prediction on grid}``.
+    ``adapted_predictions(learner, x, y, grid)`` returns ``{steps: prediction on grid}``.
     """
     tasks = SinusoidTasks()
     grid = torch.linspace(-5, 5, 200)[:, None]
@@ -29,7 +29,7 @@ def plot_adaptation(models: dict, adapted_predictions, path: Path, shots=(5, 10)
             ax.plot(grid, truth, color="tab:red", lw=2, label="ground truth")
             ax.scatter(batch.support_x[0], batch.support_y[0], color="tab:purple", marker="^", s=60, zorder=5,
                        label=f"{k} points used for gradient")
-            predictions = adapted_predictions(models[name], batch.support_x[0], batch.support_y[0], grid)
+            predictions = adapted_predictions(learners[name], batch.support_x[0], batch.support_y[0], grid)
             for steps, prediction in predictions.items():
                 label, style = STEP_STYLES[steps]
                 ax.plot(grid, prediction, style, color="tab:green", label=label)

@@ -1,0 +1,80 @@
+"""The MAML family by name: ``build_algorithm("metasgd", model, loss_fn, inner_lr=0.01)``.
+
+Each entry is a factory ``(model, loss_fn, **options) -> MAML`` (or a subclass), so the CLI and
+benchmarks pick a variant with a string; the options are the constructor's keyword arguments.
+"""
+
+import ast
+import inspect
+from functools import partial
+from typing import Callable, Sequence
+
+from torch import nn
+
+from mamlkit.algorithms.anil import anil
+from mamlkit.algorithms.imaml import IMAML
+from mamlkit.algorithms.mamlpp import MAMLPlusPlus
+from mamlkit.algorithms.protomaml import ProtoMAML
+from mamlkit.algorithms.reptile import Reptile
+from mamlkit.errors import MamlkitError
+from mamlkit.maml import MAML
+
+ALGORITHMS: dict[str, Callable[..., MAML]] = {
+    "maml": MAML,
+    "metasgd": partial(MAML, learn_lr="metasgd"),
+    "lslr": partial(MAML, learn_lr="lslr"),
+    "mamlpp": MAMLPlusPlus,
+    "anil": anil,
+    "reptile": Reptile,
+    "imaml": IMAML,
+    "protomaml": ProtoMAML,
+}
+
+
+def accepts(name: str, option: str) -> bool:
+    """Whether the algorithm ``name`` takes the keyword ``option`` (directly or passed on to MAML)."""
+    parameters = inspect.signature(ALGORITHMS[name]).parameters
+    if option in parameters:
+        return True
+    forwards = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return forwards and option in inspect.signature(MAML).parameters
+
+
+def parse_options(pairs: Sequence[str]) -> dict:
+    """``("lam=2.0", "head=classifier")`` -> ``{"lam": 2.0, "head": "classifier"}``: the CLI's
+    ``--algo-options``; values are Python literals where they parse, strings otherwise."""
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise MamlkitError(f"algorithm option {pair!r} is not KEY=VALUE; e.g. --algo-options lam=2.0 cg_steps=5")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text
+    return options
+
+
+def build_algorithm(name: str, model: nn.Module, loss_fn, **options) -> MAML:
+    """The meta-learner ``name`` (a key of ``ALGORITHMS``) around ``model``."""
+    if name not in ALGORITHMS:
+        raise MamlkitError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
+    factory = ALGORITHMS[name]
+    signature = inspect.signature(factory)
+    forwards = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())  # **options go to MAML
+    try:
+        signature.bind(model, loss_fn, **options)
+        if forwards:
+            inspect.signature(MAML).bind_partial(model, loss_fn, **{k: v for k, v in options.items()
+                                                                    if k not in signature.parameters})
+    except TypeError as error:
+        raise MamlkitError(f"bad options for algorithm {name!r} ({error}); see docs/algorithms.md") from None
+    return factory(model, loss_fn, **options)
+
+
+def from_settings(name: str, model: nn.Module, loss_fn, options: Sequence[str] = (), **settings) -> MAML:
+    """``build_algorithm`` from an experiment's config: switches that are off (``False``) are left
+    out, so algorithms without them still build, while one that is on but unsupported (say
+    ``first_order`` for Reptile) is a one-line error; ``options`` are ``--algo-options`` pairs."""
+    settings = {key: value for key, value in settings.items() if value is not False}
+    return build_algorithm(name, model, loss_fn, **settings, **parse_options(options))

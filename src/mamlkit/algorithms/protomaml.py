@@ -1,0 +1,188 @@
+"""ProtoMAML (Triantafillou et al. 2020): MAML whose linear head starts each task as a prototype classifier.
+
+For each task, the support embeddings z (the input of the final ``nn.Linear``) give class
+prototypes c_k = mean of z over class k, and the head starts at W_k = 2c_k, b_k = −‖c_k‖², so
+its logits 2c_k·z − ‖c_k‖² = −‖z − c_k‖² + ‖z‖² are the prototypical network's before any
+step. The inner loop then adapts body and head as MAML does. The head's initial weights are a
+function of θ, so the meta-gradient flows through the prototypes into the body, in second order
+and in first order (which only drops the inner loop's second derivatives: fo-Proto-MAML). The
+module's own head weights are never used; its shape fixes the number of ways.
+"""
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mamlkit import functional as fn
+from mamlkit.algorithms._task_mean import curves_by_metric
+from mamlkit.checks import check_steps, check_task, check_task_batch
+from mamlkit.errors import MamlkitError
+from mamlkit.maml import MAML
+
+
+def find_head(model: nn.Module, name: str | None) -> tuple[str, nn.Linear]:
+    """The named ``nn.Linear`` with a bias, or the model's last ``nn.Linear`` when ``name`` is None."""
+    modules = dict(model.named_modules())
+    if name is None:
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise MamlkitError("ProtoMAML needs a final nn.Linear head; the model has none "
+                               "(add one, or name the head with head='...')")
+        name = linears[-1]
+    if name not in modules:
+        raise MamlkitError(f"head {name!r} is not a submodule of the model; pass one of the names in "
+                           f"model.named_modules()")
+    head = modules[name]
+    if not isinstance(head, nn.Linear):
+        raise MamlkitError(f"ProtoMAML's head {name!r} must be an nn.Linear, got {type(head).__name__}; "
+                           f"name the final linear layer with head='...'")
+    if head.bias is None:
+        raise MamlkitError(f"ProtoMAML's head {name!r} is an nn.Linear without bias; build it with bias=True "
+                           f"(the bias holds −‖c_k‖²)")
+    return name, head
+
+
+def prototype_head(embeddings: Tensor, labels: Tensor, ways: int) -> tuple[Tensor, Tensor]:
+    """W = 2c, b = −‖c‖² from the class means c_k of ``embeddings [n, d]`` with ``labels [n]``."""
+    one_hot = F.one_hot(labels, ways).to(embeddings.dtype)
+    prototypes = (one_hot.T @ embeddings) / one_hot.sum(0)[:, None]
+    return 2 * prototypes, -(prototypes ** 2).sum(-1)
+
+
+class ProtoMAML(MAML):
+    """ProtoMAML around an unmodified classifier whose last operation is a linear head.
+
+    Args:
+        model, loss_fn, inner_lr, inner_steps, eval_inner_steps, first_order, batching: as for
+            :class:`mamlkit.MAML`.
+        head: name of the final ``nn.Linear`` in ``model.named_modules()`` (default: the last one).
+            Its output must be the model's output; its ``out_features`` is the number of ways.
+
+    Labels are integers in [0, ways) and every class needs at least one support example.
+    """
+
+    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 1, *, head: str | None = None,
+                 eval_inner_steps: int | None = None, first_order: bool = False, batching: str = "auto"):
+        self.head_name, self.head = find_head(model, head)
+        prefix = f"{self.head_name}." if self.head_name else ""
+        self._head_keys = (prefix + "weight", prefix + "bias")
+        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps,
+                         first_order=first_order, batching=batching)
+
+    # -- parameters: θ is the body; the head is rebuilt per task -----------------------------
+    def parameters_to_adapt(self) -> fn.Params:
+        """θ: the trainable parameters outside the head (the head's own weights are never used)."""
+        return {n: p for n, p in super().parameters_to_adapt().items() if n not in self._head_keys}
+
+    def _constants(self) -> fn.Params:
+        return {n: t for n, t in super()._constants().items() if n not in self._head_keys}
+
+    def _embed(self, constants: fn.Params, params: fn.Params, x: Tensor) -> Tensor:
+        """The head's input for ``x``, by running the model with a hook on the head."""
+        seen = {}
+
+        def keep_input(module, args):
+            seen["input"] = args[0]
+
+        def keep_output(module, args, output):
+            seen["output"] = output
+
+        placeholder = {key: getattr(self.head, key.rsplit(".", 1)[-1]).detach() for key in self._head_keys}
+        hooks = [self.head.register_forward_pre_hook(keep_input), self.head.register_forward_hook(keep_output)]
+        try:
+            output = self._forward(constants, {**params, **placeholder}, x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if "input" not in seen or output is not seen["output"]:
+            raise MamlkitError(f"ProtoMAML's head {self.head_name!r} is not the model's last operation; "
+                               f"name the final nn.Linear with head='...'")
+        if seen["input"].dim() != 2:
+            raise MamlkitError(f"the head's input has shape {tuple(seen['input'].shape)} per task; ProtoMAML "
+                               f"needs one embedding vector per example [n, features]")
+        return seen["input"]
+
+    def _task_start(self, params: fn.Params, constants: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
+        """θ plus the prototype head of this task's support set: where its inner loop starts.
+
+        The body enters as fresh views of θ: the inner gradient must be the partial derivative in
+        the body with the head held fixed, but autograd's gradient with respect to θ itself would
+        also run through the prototypes (the head is a function of θ).
+        """
+        weight, bias = prototype_head(self._embed(constants, params, x), y, self.head.out_features)
+        return {**{n: p.view_as(p) for n, p in params.items()}, self._head_keys[0]: weight, self._head_keys[1]: bias}
+
+    def _check_labels(self, *labels: Tensor) -> None:
+        ways = self.head.out_features
+        for y in labels:
+            if y.is_floating_point() or y.is_complex():
+                raise MamlkitError(f"ProtoMAML needs integer class labels, got {y.dtype} targets")
+            if y.numel() and (y.min() < 0 or y.max() >= ways):
+                raise MamlkitError(f"labels must lie in [0, {ways}) for the {ways}-way head "
+                                   f"{self.head_name!r}, got [{int(y.min())}, {int(y.max())}]")
+        support = labels[0] if labels[0].dim() > 1 else labels[0][None]
+        missing = F.one_hot(support.flatten(1), ways).sum(1) == 0
+        if missing.any():
+            raise MamlkitError(f"class {int(missing.nonzero()[0, 1])} has no support example in some task; "
+                               f"ProtoMAML needs every class in every support set")
+
+    # -- meta-training ----------------------------------------------------------------------
+    def _objective(self, params, constants, support_x, support_y, query_x, query_y, map_tasks=None, *,
+                   step_weights: Tensor | None = None, first_order: bool | None = None) -> Tensor:
+        forward = partial(self._forward, constants)
+        first_order = self.first_order if first_order is None else first_order
+
+        def per_task(gradient, sx, sy, qx, qy):
+            start = self._task_start(params, constants, sx, sy)
+            return fn.query_loss(forward, self.loss_fn, start, sx, sy, qx, qy, self.inner_lr, self.inner_steps,
+                                 first_order, gradient, forward_at=self._forward_at(constants),
+                                 step_weights=step_weights)
+
+        return (map_tasks or self._map_tasks)(per_task, (support_x, support_y, query_x, query_y)).mean()
+
+    def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
+        """Mean post-adaptation query loss; differentiable through the inner loop and the prototypes."""
+        check_task_batch((support_x, support_y, query_x, query_y), self._reference_tensor())
+        self._check_labels(support_y, query_y)
+        return self._objective(self.parameters_to_adapt(), self._constants(), support_x, support_y, query_x, query_y,
+                               **self._variant_options())
+
+    # -- adaptation and evaluation ----------------------------------------------------------
+    def adapt(self, x: Tensor, y: Tensor, steps: int | None = None) -> fn.Params:
+        """Adapted parameters (body and head) for one task; ``steps=0`` gives the prototype classifier."""
+        check_task(x, y, self._reference_tensor())
+        self._check_labels(y)
+        steps = self.eval_inner_steps if steps is None else check_steps(steps, "steps")
+        gradient = fn.func_gradient if self._uses_vmap() else fn.autograd_gradient
+        constants = self._constants()
+        start = self._task_start(self.parameters_to_adapt(), constants, x, y)
+        return fn.adapt(partial(self._forward, constants), self.loss_fn, start, x, y, self.inner_lr, steps,
+                        self.first_order, gradient, forward_at=self._forward_at(constants))
+
+    def predict(self, x: Tensor, params=None, step: int | None = None) -> Tensor:
+        """Run the model with ``params`` from :meth:`adapt` (the head exists only for a support set)."""
+        if params is None:
+            raise MamlkitError("ProtoMAML builds its head from a support set: pass params=protomaml.adapt(x, y)")
+        return super().predict(x, params, step)
+
+    @torch.no_grad()
+    def evaluate(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                 steps: int | None = None, metrics=None, chunk_size: int | None = None) -> dict[str, Tensor]:
+        """As :meth:`MAML.evaluate`; step 0 is the prototype classifier."""
+        tensors = (support_x, support_y, query_x, query_y)
+        check_task_batch(tensors, self._reference_tensor())
+        self._check_labels(support_y, query_y)
+        steps = self.eval_inner_steps if steps is None else check_steps(steps, "steps")
+        metrics = dict(metrics or {"loss": self.loss_fn})
+        constants = self._constants()
+        forward = partial(self._forward, constants)
+        theta = {n: p.detach() for n, p in self.parameters_to_adapt().items()}
+
+        def per_task(gradient, sx, sy, qx, qy):
+            start = self._task_start(theta, constants, sx, sy)
+            return fn.adaptation_curve(forward, self.loss_fn, metrics, start, sx, sy, qx, qy, self.inner_lr,
+                                       steps, gradient, forward_at=self._forward_at(constants))
+
+        return curves_by_metric(self, per_task, tensors, metrics, chunk_size)
