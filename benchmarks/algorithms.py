@@ -41,7 +41,7 @@ import harness  # noqa: E402  (benchmarks/harness.py, beside this file)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mamlkit.algorithms import ALGORITHMS, build_algorithm  # noqa: E402
+from mamlkit.algorithms import build_algorithm  # noqa: E402
 from mamlkit.algorithms.imaml import IMAML  # noqa: E402
 from mamlkit.algorithms.protomaml import ProtoMAML  # noqa: E402
 from mamlkit.algorithms.reptile import Reptile  # noqa: E402
@@ -71,16 +71,12 @@ VARIANTS = {
                      {**OMNI, "inner_lr": 0.1, "inner_steps": 5, "eval_inner_steps": 5, "lam": 2.0,
                       "cg_steps": 5}),
     "protomaml": Variant(ProtoMAML, None, {**OMNI, "inner_lr": 0.1, "inner_steps": 1}),
-}
-# The other variants of the registry, when this version of mamlkit has them.
-OPTIONAL = {
     "metasgd": Variant(registered("metasgd"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
     "lslr": Variant(registered("lslr"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
     "mamlpp": Variant(registered("mamlpp"), {**SIN, "inner_steps": 5},
                       {**OMNI, "inner_steps": 5, "eval_inner_steps": 5}),
     "anil": Variant(registered("anil"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
 }
-VARIANTS.update({name: variant for name, variant in OPTIONAL.items() if name in ALGORITHMS})
 
 TASKS = ("sinusoid", "omniglot")
 
