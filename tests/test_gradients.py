@@ -11,12 +11,7 @@ from reference import (finite_difference_directional, reference_meta_grad, relat
 from zoo import CASES, smooth
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
 
 def build(case, seed=0):

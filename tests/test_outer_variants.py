@@ -13,12 +13,7 @@ from mamlkit.errors import MamlkitError
 from mamlkit.models.conv import omniglot_conv
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
 
 def regression_tasks(tasks=3, n=6, features=2, seed=1):

@@ -18,12 +18,7 @@ from reference import relative_error
 from zoo import conv_batchnorm, image_batch, regression_batch
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # every check here runs in float64
 
 
 # -- the independent reference ------------------------------------------------------------------
