@@ -6,7 +6,7 @@ from types import ModuleType
 from mamlkit.errors import MamlkitError
 from dataclasses import replace
 
-from mamlkit.experiments import fewshot, sinusoid
+from mamlkit.experiments import fewshot, rl, sinusoid
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,31 @@ for _name, (_config, _summary) in _FEWSHOT.items():
     PRESETS[_name] = Preset(fewshot, _config, _summary)
     if not _name.endswith("-mlp"):
         PRESETS[f"{_name}-fo"] = Preset(fewshot, replace(_config, first_order=True), f"{_summary}; first-order")
+
+
+# §5.3 and appendix A.2: (config, description); "-small" variants fit a 2-core CPU.
+_RL = {
+    "2dnav": (rl.RLConfig(), "2D navigation: 20 tasks × 20 trajectories × 100 steps, α=0.1, TRPO KL 0.01 "
+                             "(paper MAML −40.4, −11.7, −3.3 after 0..2 steps)"),
+    "2dnav-30min": (rl.RLConfig(time_limit=30.0),
+                    "2D navigation at the paper's scale, stopped (resumably) after 30 minutes of training"),
+    "cheetah-vel": (rl.RLConfig(env="cheetah-vel", meta_batch=40, horizon=200),
+                    "half-cheetah goal velocity U[0, 2]: 40 tasks × 20 trajectories × 200 steps"),
+    "cheetah-dir": (rl.RLConfig(env="cheetah-dir", meta_batch=40, horizon=200),
+                    "half-cheetah forward/backward: 40 tasks × 20 trajectories × 200 steps (paper −50.7 → 293.2)"),
+    "ant-vel": (rl.RLConfig(env="ant-vel", meta_batch=40, horizon=200),
+                "ant goal velocity U[0, 3]: 40 tasks × 20 trajectories × 200 steps"),
+    "ant-dir": (rl.RLConfig(env="ant-dir", meta_batch=40, horizon=200),
+                "ant forward/backward: 40 tasks × 20 trajectories × 200 steps"),
+}
+for _name, (_config, _summary) in list(_RL.items()):
+    PRESETS[_name] = Preset(rl, _config, _summary)
+    if _name != "2dnav-30min":
+        PRESETS[f"{_name}-fo"] = Preset(rl, replace(_config, first_order=True), f"{_summary}; first-order")
+    if _name not in ("2dnav", "2dnav-30min"):
+        PRESETS[f"{_name}-small"] = Preset(
+            rl, replace(_config, meta_batch=10, trajectories=10, iterations=300, eval_tasks=20, time_limit=55.0),
+            f"{_summary.split(':')[0]} at a CPU scale: 10 tasks × 10 trajectories, ≤55 min of training")
 
 
 def get_preset(name: str) -> Preset:

@@ -1,0 +1,198 @@
+"""MAML for reinforcement learning (paper §5.3): 2D navigation, half-cheetah and ant goal velocity
+and direction, with the paper's pretrained and random-initialisation baselines.
+
+MAML and the pretrained policy (plain TRPO on all tasks, no inner step in the objective) train side
+by side on the same task batches. Evaluation (Fig. 5): returns after 0..3 policy-gradient steps on
+40 held-out tasks, 20 trajectories per step, α then α/2 as in the paper.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mamlkit.checks import check_config
+from mamlkit.engine import distributed
+from mamlkit.engine.checkpoint import load_latest_checkpoint
+from mamlkit.engine.run import write_json
+from mamlkit.engine.trainer import TrainLoop
+from mamlkit.errors import MamlkitError
+from mamlkit.rl.advantages import advantages
+from mamlkit.rl.algorithms import TRPOSettings, adapt_tasks
+from mamlkit.rl.envs import Navigation2D, TaskEnv
+from mamlkit.rl.learner import MetaRLLearner
+from mamlkit.rl.policy import GaussianPolicy
+from mamlkit.rl.sampler import per_task, sample
+from mamlkit.stats import mean_and_ci95
+from mamlkit.tasks.stream import task_stream
+
+EVAL_SEED = 20170309  # the same held-out tasks for every run and method
+ENVS = ("2dnav", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
+METHODS = ("maml", "pretrained", "random")
+
+
+@dataclass
+class RLConfig:
+    env: str = "2dnav"
+    iterations: int = 500
+    meta_batch: int = 20
+    trajectories: int = 20
+    horizon: int = 100
+    inner_lr: float = 0.1
+    eval_inner_lr: float = 0.05  # α for the test-time steps after the first (the paper halves it)
+    first_order: bool = False
+    max_kl: float = 0.01
+    cg_iterations: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    hidden: tuple[int, ...] = (100, 100)
+    pretrained: bool = True  # train the pretrained baseline beside MAML (doubles sampling)
+    seed: int = 0
+    eval_tasks: int = 40
+    eval_steps: int = 3
+    checkpoint_every: int = 10
+    log_every: int = 1
+    time_limit: float = 0.0  # minutes of training before a clean, resumable stop; 0: none
+    threads: int = 1
+    backend: str = "auto"  # MuJoCo stepping: auto (mujoco.rollout for the cheetah, else gym) | gym | rollout
+    env_threads: int = 1  # mujoco.rollout threads stepping the half-cheetahs (rollout backend)
+    device: str = "cpu"  # the environments and the small policy run on the CPU
+    render: bool = True  # a GIF of the adapted policy (MuJoCo) or a trajectory plot (2D navigation)
+
+    def __post_init__(self):
+        check_config(self, whole=("iterations", "eval_steps", "seed"),
+                     positive=("meta_batch", "trajectories", "horizon", "eval_tasks", "checkpoint_every",
+                               "log_every", "threads", "env_threads", "cg_iterations", "max_backtracks"),
+                     rates=("inner_lr", "eval_inner_lr", "max_kl", "cg_damping", "time_limit"),
+                     choices={"env": ENVS, "device": ("cpu",), "backend": ("auto", "gym", "rollout")})
+        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and 0 < self.backtrack_ratio < 1):
+            raise MamlkitError("gamma must be in (0, 1], gae_lambda in [0, 1] and backtrack_ratio in (0, 1)")
+
+
+def make_env(config: RLConfig) -> TaskEnv:
+    if config.env == "2dnav":
+        return Navigation2D(config.horizon)
+    from mamlkit.rl.mujoco_tasks import make_mujoco_tasks  # gymnasium only for MuJoCo runs
+    return make_mujoco_tasks(config.env, config.horizon, config.backend, config.env_threads)
+
+
+def build_policies(config: RLConfig, env: TaskEnv) -> dict[str, GaussianPolicy]:
+    torch.manual_seed(config.seed)
+    return {name: GaussianPolicy(env.obs_dim, env.act_dim, config.hidden) for name in METHODS}
+
+
+def trpo_settings(config: RLConfig) -> TRPOSettings:
+    return TRPOSettings(config.max_kl, config.cg_iterations, config.cg_damping, config.backtrack_ratio,
+                        config.max_backtracks)
+
+
+def make_loop(config: RLConfig, run_dir: Path) -> TrainLoop:
+    env = make_env(config)
+    policies = build_policies(config, env)
+    common = dict(env=env, trajectories=config.trajectories, first_order=config.first_order,
+                  trpo=trpo_settings(config), gamma=config.gamma, gae_lambda=config.gae_lambda)
+    learners = {"maml": MetaRLLearner(policy=policies["maml"], inner_lr=config.inner_lr, stream=0, **common)}
+    if config.pretrained:
+        learners["pretrained"] = MetaRLLearner(policy=policies["pretrained"], inner_lr=None, stream=1, **common)
+
+    def batch(generator: torch.Generator):
+        return env.sample_tasks(config.meta_batch, generator), int(torch.randint(2**62, (), generator=generator))
+    return TrainLoop(run_dir=run_dir, learners=learners,
+                     batches=lambda start: task_stream(batch, config.seed, start=start),
+                     iterations=config.iterations, checkpoint_every=config.checkpoint_every,
+                     log_every=config.log_every, nan_hint="lower --max-kl or --inner-lr",
+                     time_limit=config.time_limit * 60 or None)
+
+
+def train(config: RLConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Meta-train (or continue a stopped run), then evaluate and write results and figures."""
+    if distributed.world_size() > 1:
+        raise MamlkitError("RL presets run in one process; launch them without torchrun")
+    torch.set_num_threads(config.threads)
+    loop = make_loop(config, run_dir)
+    loop.run(start=loop.restore() if resume else 0)
+    return evaluate(config, run_dir)
+
+
+def adaptation_returns(env: TaskEnv, policy: GaussianPolicy, tasks: torch.Tensor, config: RLConfig,
+                       generator: torch.Generator) -> tuple[torch.Tensor, list]:
+    """Mean return per task after 0..eval_steps policy-gradient steps ``[tasks, steps + 1]``, each
+    step on fresh trajectories of the current policy; also the episodes seen at each step."""
+    params = per_task({n: p.detach() for n, p in policy.params().items()}, len(tasks))
+    rows, seen = [], []
+    for step in range(config.eval_steps + 1):
+        episodes = sample(env, policy, params, tasks, config.trajectories, generator)
+        rows.append(episodes.returns().mean(1))
+        seen.append(episodes)
+        if step < config.eval_steps:
+            lr = config.inner_lr if step == 0 else config.eval_inner_lr
+            adv = advantages(episodes, config.gamma, config.gae_lambda)
+            adapted = adapt_tasks(policy, params, episodes, adv, lr, first_order=True, stacked=True)
+            params = {n: p.detach() for n, p in adapted.items()}
+    return torch.stack(rows, dim=1), seen
+
+
+def load_policies(config: RLConfig, run_dir: Path, env: TaskEnv) -> tuple[dict[str, GaussianPolicy], int]:
+    state, _ = load_latest_checkpoint(Path(run_dir) / "checkpoints")
+    policies = build_policies(config, env)
+    for name, learner_state in state["learners"].items():
+        policies[name].load_state_dict(learner_state["model"])
+    if "pretrained" not in state["learners"]:
+        del policies["pretrained"]
+    return policies, state["iteration"]
+
+
+def evaluate(config: RLConfig, run_dir: Path) -> dict:
+    """Returns after 0..eval_steps steps on ``eval_tasks`` held-out tasks for each method: table,
+    results.json, the learning curve, the Fig. 5 plot and a rendering of the adapted policy."""
+    torch.set_num_threads(config.threads)
+    env = make_env(config)
+    policies, iteration = load_policies(config, run_dir, env)
+    tasks = env.sample_tasks(config.eval_tasks, torch.Generator().manual_seed(EVAL_SEED))
+    results, episodes = {}, {}
+    for name, policy in policies.items():
+        returns, episodes[name] = adaptation_returns(env, policy, tasks, config,
+                                                     torch.Generator().manual_seed(EVAL_SEED + 1))
+        mean, ci = mean_and_ci95(returns)
+        results[name] = {"return": mean.tolist(), "ci95": ci.tolist(), "per_task": returns.tolist()}
+        if config.env.endswith("-dir"):  # the two directions separately: adaptation must serve both
+            for label, sign in (("forward", 1.0), ("backward", -1.0)):
+                results[name][label] = returns[tasks[:, 0] == sign].mean(0).tolist()
+    summary = {"metric": "mean return after each policy-gradient step (index = steps)", "env": config.env,
+               "iteration": iteration, "eval_tasks": config.eval_tasks, "trajectories": config.trajectories,
+               "tasks": tasks.tolist(), "results": results, **timing(run_dir)}
+    write_json(Path(run_dir) / "results.json", summary)
+    print(format_table(results))
+    from mamlkit.experiments import rl_plots  # matplotlib only when plotting
+    rl_plots.plot_learning_curve(run_dir, Path(run_dir) / "learning_curve.png")
+    rl_plots.plot_returns_vs_steps(results, config.env, Path(run_dir) / "fig5_returns_vs_steps.png")
+    if config.render:
+        rl_plots.render(config, env, policies["maml"], tasks, episodes["maml"], run_dir)
+    return summary
+
+
+def timing(run_dir: Path) -> dict:
+    """Mean seconds per meta-iteration of each learner, split into sampling and optimisation
+    (wall clock, and CPU seconds of the training process where recorded)."""
+    from mamlkit.engine.metrics import read_metrics
+    records = read_metrics(run_dir)
+    out = {}
+    for learner in ("maml", "pretrained"):
+        for kind in ("sample_s", "optimize_s", "sample_cpu_s", "optimize_cpu_s"):
+            values = [r[f"{learner}/{kind}"] for r in records if f"{learner}/{kind}" in r]
+            if values:
+                out.setdefault(learner, {})[kind] = float(np.mean(values))
+    return {"seconds_per_iteration": out} if out else {}
+
+
+def format_table(results: dict) -> str:
+    steps = len(next(iter(results.values()))["return"])
+    lines = ["| method | " + " | ".join(f"{s} steps" for s in range(steps)) + " |",
+             "|---|" + "---|" * steps]
+    for name, row in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m:.1f} ± {c:.1f}" for m, c in zip(row["return"], row["ci95"])) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Figures of an RL run: the training curve, returns vs. policy-gradient steps (the paper's Fig. 5)
+and a picture of the adapted policy (2D navigation paths, or a MuJoCo GIF)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mamlkit.engine.metrics import read_metrics  # noqa: E402
+
+COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray"}
+
+
+def plot_learning_curve(run_dir: Path, path: Path) -> None:
+    records = read_metrics(run_dir)
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    for key, label, style in (("maml/return_pre", "MAML before adaptation", "--"),
+                              ("maml/return_post", "MAML after one step", "-"),
+                              ("pretrained/return_post", "pretrained", ":")):
+        points = [(r["iteration"], r[key]) for r in records if key in r]
+        if points:
+            axis.plot(*zip(*points), style, color=COLORS[key.split("/")[0]], lw=1, label=label)
+    axis.set_xlabel("meta-iteration")
+    axis.set_ylabel("mean return (training tasks)")
+    axis.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_returns_vs_steps(results: dict, env: str, path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(4.5, 3.6))
+    for name, row in results.items():
+        steps = range(len(row["return"]))
+        axis.errorbar(steps, row["return"], yerr=row["ci95"], marker="o", ms=4, capsize=3,
+                      color=COLORS[name], label=name)
+    axis.set_xticks(list(steps))
+    axis.set_xlabel("number of gradient steps")
+    axis.set_ylabel("average return")
+    axis.set_title(env)
+    axis.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def render(config, env, policy, tasks, episodes, run_dir: Path) -> None:
+    """2D navigation: paths of the first trajectories before and after each step for a few tasks.
+    MuJoCo: a GIF of the policy after one step on test tasks (``mujoco_tasks.render_gif``)."""
+    if config.env != "2dnav":
+        from mamlkit.rl.mujoco_tasks import render_gif
+        render_gif(config, policy, tasks, Path(run_dir) / "adapted_policy.gif")
+        return
+    shown = min(4, len(tasks))
+    figure, axes = plt.subplots(1, shown, figsize=(3 * shown, 3.2), sharex=True, sharey=True, squeeze=False)
+    for index, axis in enumerate(axes[0]):
+        for step, batch in enumerate(episodes):
+            valid = int(batch.mask[index, 0].sum())
+            path = batch.obs[index, 0, :valid].numpy()
+            axis.plot(path[:, 0], path[:, 1], ".-", ms=2, lw=1, label=f"{step} steps",
+                      color=plt.cm.viridis(step / max(1, len(episodes) - 1)))
+        axis.plot(*tasks[index].numpy(), "r*", ms=12, label="goal")
+        axis.plot(0, 0, "ks", ms=5)
+        axis.set_title(f"task {index}")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(Path(run_dir) / "adapted_paths.png", dpi=120)
+    plt.close(figure)

@@ -1,0 +1,162 @@
+"""MAML-RL's two loops. Inner: one REINFORCE step per task through ``functional.adapt`` (the same
+code as supervised MAML: x = (state, action), the "prediction" is log π(a|s) and the loss is
+−mean(log π · A)). Outer: TRPO on the post-update surrogate, whose gradient and KL Hessian-vector
+products go exactly through the inner step by double backward."""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from mamlkit import functional as fn
+from mamlkit.functional import Params
+from mamlkit.rl.policy import GaussianPolicy, gaussian_kl, gaussian_log_prob
+from mamlkit.rl.sampler import Episodes, per_task, task_distribution
+
+
+def pg_inputs(episodes: Episodes, adv: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-task ``x = [state, action]`` rows and weights ``A·mask / #valid steps``: [T, N·H, ·]."""
+    x = torch.cat([episodes.obs, episodes.actions], dim=-1).flatten(1, 2)
+    weights = adv * episodes.mask / episodes.mask.sum((1, 2), keepdim=True)
+    return x, weights.flatten(1, 2)
+
+
+def log_prob_forward(policy: GaussianPolicy) -> fn.Forward:
+    """``forward(params, x)`` for ``functional.adapt``: log π(a|s) of the rows x = [s, a]."""
+    def forward(params: Params, x: Tensor) -> Tensor:
+        return policy.log_prob(params, x[..., :policy.obs_dim], x[..., policy.obs_dim:])
+    return forward
+
+
+def pg_loss(log_probs: Tensor, weights: Tensor) -> Tensor:
+    """REINFORCE surrogate: its gradient is the policy-gradient estimate (weights carry A / count)."""
+    return -(log_probs * weights).sum()
+
+
+def adapt_tasks(policy: GaussianPolicy, params: Params, episodes: Episodes, adv: Tensor, lr: float,
+                first_order: bool, stacked: bool = False) -> Params:
+    """One policy-gradient step for every task at once (vmap): task-stacked adapted parameters.
+    ``stacked``: ``params`` already carry a leading task dimension (later test-time steps)."""
+    x, weights = pg_inputs(episodes, adv)
+    forward = log_prob_forward(policy)
+
+    def one_task(p: Params, x_t: Tensor, w_t: Tensor) -> Params:
+        return fn.adapt(forward, pg_loss, p, x_t, w_t, lr, 1, first_order)
+    return torch.vmap(one_task, in_dims=(0 if stacked else None, 0, 0))(params, x, weights)
+
+
+@dataclass
+class MetaBatch:
+    """What the outer step needs: pre-update data (for the inner step) and post-update data with
+    the log-probabilities and action distributions of the policy that collected it."""
+    pre: Episodes | None
+    pre_adv: Tensor | None
+    post: Episodes
+    post_adv: Tensor
+    old_log_prob: Tensor
+    old_mean: Tensor
+    old_log_std: Tensor
+
+
+class MetaObjective:
+    """θ ↦ (surrogate loss, mean KL) of the adapted policies on the post-update data. With
+    ``inner_lr`` None there is no inner step (the "pretrained" baseline: plain TRPO on all tasks)."""
+
+    def __init__(self, policy: GaussianPolicy, inner_lr: float | None, first_order: bool = False):
+        self.policy, self.inner_lr, self.first_order = policy, inner_lr, first_order
+
+    def adapted(self, params: Params, batch: MetaBatch) -> Params:
+        if self.inner_lr is None:
+            return per_task(params, batch.post.obs.shape[0])
+        return adapt_tasks(self.policy, params, batch.pre, batch.pre_adv, self.inner_lr, self.first_order)
+
+    def distribution(self, params: Params, batch: MetaBatch) -> tuple[Tensor, Tensor]:
+        return task_distribution(self.policy, self.adapted(params, batch), batch.post.obs)
+
+    def __call__(self, params: Params, batch: MetaBatch) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.distribution(params, batch)
+        post, mask = batch.post, batch.post.mask
+        count = mask.sum((1, 2))
+        ratio = torch.exp(gaussian_log_prob(mean, log_std, post.actions) - batch.old_log_prob)
+        loss = -((ratio * batch.post_adv * mask).sum((1, 2)) / count).mean()
+        kl = ((gaussian_kl(batch.old_mean, batch.old_log_std, mean, log_std) * mask).sum((1, 2)) / count).mean()
+        return loss, kl
+
+
+def old_policy_terms(objective: MetaObjective, params: Params, batch: MetaBatch) -> MetaBatch:
+    """Fill in the collecting policy's log-probabilities and distributions (constants for TRPO)."""
+    mean, log_std = objective.distribution(params, batch)
+    batch.old_mean, batch.old_log_std = mean.detach(), log_std.detach()
+    batch.old_log_prob = gaussian_log_prob(batch.old_mean, batch.old_log_std, batch.post.actions)
+    return batch
+
+
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10,
+                       tolerance: float = 1e-10) -> Tensor:
+    """Solve A x = b for symmetric positive-definite A given only x ↦ A x."""
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rr = r @ r
+    for _ in range(iterations):
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        if rr_new < tolerance:
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+@dataclass
+class TRPOSettings:
+    max_kl: float = 0.01
+    cg_iterations: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+
+
+def trpo_step(params: Params, objective: Callable[[Params], tuple[Tensor, Tensor]],
+              settings: TRPOSettings) -> dict[str, float]:
+    """One TRPO update of ``params`` (leaf tensors, changed in place): natural-gradient direction by
+    conjugate gradient on exact KL Hessian-vector products (double backward through the inner
+    step; at the collecting policy this Hessian is the Fisher), scaled to the KL bound, then a
+    backtracking line search that accepts only a lower surrogate within the bound."""
+    names, leaves = list(params), list(params.values())
+    loss, kl = objective(params)
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, leaves, retain_graph=True)])
+    kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, leaves, create_graph=True)])
+
+    def hvp(v: Tensor) -> Tensor:
+        hv = torch.autograd.grad(kl_grad @ v, leaves, retain_graph=True)
+        return torch.cat([h.reshape(-1) for h in hv]) + settings.cg_damping * v
+
+    direction = conjugate_gradient(hvp, -grad.detach(), settings.cg_iterations)
+    curvature = direction @ hvp(direction)
+    full_step = torch.sqrt(2 * settings.max_kl / curvature.clamp_min(1e-12)) * direction
+    old_loss = loss.item()
+    result = {"surrogate_before": old_loss, "kl": 0.0, "backtracks": settings.max_backtracks,
+              "accepted": 0.0, "surrogate_after": old_loss}
+    with torch.no_grad():
+        for k in range(settings.max_backtracks):
+            candidate = shifted(leaves, names, full_step * settings.backtrack_ratio ** k)
+            new_loss, new_kl = objective(candidate)
+            if new_loss.item() < old_loss and new_kl.item() <= settings.max_kl:
+                for leaf, new in zip(leaves, candidate.values()):
+                    leaf.copy_(new)
+                result.update(kl=new_kl.item(), backtracks=k, accepted=1.0, surrogate_after=new_loss.item())
+                break
+    return result
+
+
+def shifted(leaves: list[Tensor], names: list[str], step: Tensor) -> Params:
+    """``{name: leaf + step-slice}``: parameters moved along a flat step vector."""
+    out, offset = {}, 0
+    for name, leaf in zip(names, leaves):
+        out[name] = leaf.detach() + step[offset:offset + leaf.numel()].view_as(leaf)
+        offset += leaf.numel()
+    return out

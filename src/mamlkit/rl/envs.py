@@ -1,0 +1,51 @@
+"""Task environments stepped as one batch: ``[tasks, trajectories, ...]`` in, the same out.
+
+A task environment samples task parameters, resets ``T × N`` copies (N trajectories for each of T
+tasks) and steps them all at once. ``Navigation2D`` is pure torch; the MuJoCo tasks live in
+``mujoco_tasks.py`` and share this interface.
+"""
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from mamlkit.errors import MamlkitError
+
+
+class TaskEnv(Protocol):
+    obs_dim: int
+    act_dim: int
+    horizon: int
+
+    def sample_tasks(self, n: int, generator: torch.Generator) -> Tensor: ...
+    def reset(self, tasks: Tensor, per_task: int, generator: torch.Generator) -> Tensor: ...
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+class Navigation2D:
+    """The paper's point robot: goal ~ U[−0.5, 0.5]², start at the origin, actions clipped to
+    [−0.1, 0.1], reward −‖x − goal‖, horizon 100; an episode ends once both coordinates are within
+    0.01 of the goal (as in the official code)."""
+
+    obs_dim, act_dim = 2, 2
+
+    def __init__(self, horizon: int = 100, dtype: torch.dtype = torch.float32):
+        self.horizon, self.dtype = horizon, dtype
+
+    def sample_tasks(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.rand(n, 2, generator=generator, dtype=self.dtype) - 0.5
+
+    def reset(self, tasks: Tensor, per_task: int, generator: torch.Generator) -> Tensor:
+        if tasks.dim() != 2 or tasks.shape[1] != 2:
+            raise MamlkitError(f"2D navigation tasks are goals of shape [T, 2], got {tuple(tasks.shape)}")
+        self.goals = tasks[:, None, :].expand(-1, per_task, -1)
+        self.state = torch.zeros(tasks.shape[0], per_task, 2, dtype=self.dtype)
+        return self.state.clone()
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self.state = self.state + actions.clamp(-0.1, 0.1).to(self.dtype)
+        offset = self.state - self.goals
+        reward = -offset.norm(dim=-1)
+        done = (offset.abs() < 0.01).all(dim=-1)
+        return self.state.clone(), reward, done

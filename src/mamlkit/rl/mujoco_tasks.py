@@ -1,0 +1,176 @@
+"""Gymnasium environments as batched task environments, and the paper's MuJoCo tasks on top.
+
+``GymTasks`` turns any gymnasium env (a user's own included) plus a task sampler and a task reward
+into the ``TaskEnv`` interface: it keeps a pool of ``T × N`` unwrapped envs and steps them in a
+plain loop, which measured fastest on this CPU (benchmarks/rl_sampler.py). The paper's tasks
+replace the env's reward with a task reward computed from the step's ``info``.
+"""
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mamlkit.errors import MamlkitError
+
+TaskReward = Callable[[float, dict, float], float]  # (task value, info, env reward) -> reward
+TaskSampler = Callable[[int, torch.Generator], Tensor]
+
+
+class GymTasks:
+    """A batched ``TaskEnv`` over copies of one gymnasium env. ``make_env()`` builds a copy;
+    ``sample_tasks(n, generator)`` draws ``[n, k]`` task parameters; ``reward(task, info, r)``
+    gives the task's reward for a step (None: the env's own reward); ``set_task(env, task)``
+    (optional) configures a copy for its task before each reset."""
+
+    def __init__(self, make_env: Callable, sample_tasks: TaskSampler, horizon: int,
+                 reward: TaskReward | None = None, set_task: Callable | None = None):
+        self.make_env, self._sample_tasks, self.horizon = make_env, sample_tasks, horizon
+        self.reward, self.set_task = reward, set_task
+        self.envs: list = []
+        probe = make_env()
+        if len(probe.observation_space.shape) != 1 or len(probe.action_space.shape) != 1:
+            raise MamlkitError("GymTasks needs flat Box observation and action spaces; wrap the env with "
+                               "gymnasium.wrappers.FlattenObservation")
+        self.obs_dim, self.act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+        self.low, self.high = probe.action_space.low, probe.action_space.high
+        probe.close()
+
+    def sample_tasks(self, n: int, generator: torch.Generator) -> Tensor:
+        tasks = self._sample_tasks(n, generator)
+        return tasks[:, None] if tasks.dim() == 1 else tasks
+
+    def reset(self, tasks: Tensor, per_task: int, generator: torch.Generator) -> Tensor:
+        count = tasks.shape[0] * per_task
+        while len(self.envs) < count:
+            self.envs.append(self.make_env())
+        self.tasks = tasks.double().repeat_interleave(per_task, dim=0).numpy()
+        self.shape = (tasks.shape[0], per_task)
+        self.alive = np.ones(count, dtype=bool)
+        seeds = torch.randint(2**31 - 1, (count,), generator=generator).tolist()
+        obs = []
+        for env, task, seed in zip(self.envs, self.tasks, seeds):
+            if self.set_task is not None:
+                self.set_task(env, task)
+            obs.append(env.reset(seed=seed)[0])
+        self.last_obs = np.stack(obs)
+        return self._tensor(self.last_obs)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        actions = np.clip(actions.detach().reshape(-1, self.act_dim).double().numpy(), self.low, self.high)
+        rewards = np.zeros(len(actions))
+        done = ~self.alive
+        for i in np.flatnonzero(self.alive):
+            obs, reward, terminated, _, info = self.envs[i].step(actions[i])
+            rewards[i] = reward if self.reward is None else self.reward(self.tasks[i], info, reward)
+            self.last_obs[i] = obs
+            done[i] = terminated
+        self.alive = ~done
+        return self._tensor(self.last_obs), self._tensor(rewards), torch.from_numpy(done).reshape(self.shape)
+
+    def _tensor(self, array: np.ndarray) -> Tensor:
+        return torch.as_tensor(array, dtype=torch.float32).reshape(*self.shape, *array.shape[1:])
+
+
+def uniform(low: float, high: float) -> TaskSampler:
+    return lambda n, generator: low + (high - low) * torch.rand(n, generator=generator)
+
+
+def direction(n: int, generator: torch.Generator) -> Tensor:
+    """+1 (forward) or −1 (backward) with equal probability."""
+    return torch.randint(2, (n,), generator=generator) * 2.0 - 1
+
+
+def velocity_reward(task, info: dict, reward: float) -> float:
+    """−|v − goal| plus the env's costs (and, for the ant, its contact cost and survival bonus)."""
+    return -abs(info["x_velocity"] - task[0]) + _costs(info)
+
+
+def direction_reward(task, info: dict, reward: float) -> float:
+    """direction · v plus the env's costs."""
+    return task[0] * info["x_velocity"] + _costs(info)
+
+
+def _costs(info: dict) -> float:
+    return info["reward_ctrl"] + info.get("reward_contact", 0.0) + info.get("reward_survive", 0.0)
+
+
+# rllab's weights: cheetah control cost 0.5·0.1·|a|²; ant 0.5·0.01·|a|², contact 0.5·0.001·|clip(f)|²,
+# survival bonus 0.05 (gymnasium's own defaults are 0.1, 0.5, 5e-4 and 1.0).
+ENV_KWARGS = {"HalfCheetah-v5": {"ctrl_cost_weight": 0.05},
+              "Ant-v5": {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward": 0.05}}
+TASKS = {"cheetah-vel": ("HalfCheetah-v5", uniform(0.0, 2.0), velocity_reward),
+         "cheetah-dir": ("HalfCheetah-v5", direction, direction_reward),
+         "ant-vel": ("Ant-v5", uniform(0.0, 3.0), velocity_reward),
+         "ant-dir": ("Ant-v5", direction, direction_reward)}
+
+
+def make_gym_env(env_id: str, **kwargs):
+    """The unwrapped env (no checker or time-limit wrappers: the sampler owns the horizon)."""
+    import gymnasium
+    return gymnasium.make(env_id, disable_env_checker=True, **ENV_KWARGS.get(env_id, {}), **kwargs).unwrapped
+
+
+def make_mujoco_tasks(name: str, horizon: int, backend: str = "auto", threads: int = 1):
+    """The paper's task ``name``. ``backend``: "gym" (a loop over gymnasium envs), "rollout"
+    (``mujoco.rollout`` with ``threads`` C threads, half-cheetah only) or "auto" (rollout where it
+    applies: the faster)."""
+    if name not in TASKS:
+        raise MamlkitError(f"unknown MuJoCo task {name!r}; choose one of {', '.join(TASKS)}")
+    try:
+        import gymnasium  # noqa: F401
+        import mujoco  # noqa: F401
+    except ImportError:
+        raise MamlkitError("MuJoCo tasks need gymnasium[mujoco]; pip install 'gymnasium[mujoco]==1.4.0'") from None
+    env_id, sampler, reward = TASKS[name]
+    if backend == "rollout" or (backend == "auto" and env_id == "HalfCheetah-v5"):
+        if env_id != "HalfCheetah-v5":
+            raise MamlkitError(f"the rollout backend steps only the half-cheetah; use backend 'gym' for {name}")
+        from mamlkit.rl.mujoco_rollout import RolloutCheetah
+        return RolloutCheetah(sampler, reward, horizon, threads)
+    if backend != "gym" and backend != "auto":
+        raise MamlkitError(f"backend must be auto, gym or rollout, got {backend!r}")
+    return GymTasks(lambda: make_gym_env(env_id), sampler, horizon, reward)
+
+
+def render_gif(config, policy, tasks: Tensor, path, frames_every: int = 2, size: int = 160) -> None:
+    """A GIF of the policy after one policy-gradient step on two test tasks (side by side): the
+    first and last of ``tasks`` sorted by task value (backward/forward, or slowest/fastest)."""
+    import os
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import imageio
+
+    from mamlkit.rl.advantages import advantages
+    from mamlkit.rl.algorithms import adapt_tasks
+    from mamlkit.rl.sampler import per_task, sample
+
+    env_id, _, reward = TASKS[config.env]
+    order = tasks[:, 0].argsort()
+    chosen = tasks[[order[0].item(), order[-1].item()]]
+    batched = make_mujoco_tasks(config.env, config.horizon, config.backend)
+    generator = torch.Generator().manual_seed(0)
+    params = per_task({n: p.detach() for n, p in policy.params().items()}, len(chosen))
+    episodes = sample(batched, policy, params, chosen, config.trajectories, generator)
+    adv = advantages(episodes, config.gamma, config.gae_lambda)
+    adapted = adapt_tasks(policy, params, episodes, adv, config.inner_lr, first_order=True, stacked=True)
+    videos = []
+    for index, task in enumerate(chosen.double().numpy()):
+        env = make_gym_env(env_id, render_mode="rgb_array", width=size, height=size,
+                           camera_name="track")  # the model's camera that follows the body
+        obs, _ = env.reset(seed=index)
+        frames, total = [], 0.0
+        for t in range(config.horizon):
+            with torch.no_grad():
+                mean, _ = policy.distribution({n: p[index] for n, p in adapted.items()},
+                                              torch.as_tensor(obs, dtype=torch.float32))
+            obs, r, terminated, _, info = env.step(np.clip(mean.numpy(), env.action_space.low, env.action_space.high))
+            total += reward(task, info, r)
+            if t % frames_every == 0:
+                frames.append(env.render())
+            if terminated:
+                break
+        env.close()
+        videos.append(frames)
+    length = min(len(v) for v in videos)
+    imageio.mimsave(path, [np.concatenate([v[i] for v in videos], axis=1) for i in range(length)], duration=0.05, loop=0)

@@ -1,0 +1,114 @@
+"""Gymnasium task environments: a user's own env plugs in, and the paper's MuJoCo task rewards."""
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+from mamlkit.errors import MamlkitError
+from mamlkit.rl.mujoco_tasks import GymTasks, direction, make_gym_env, make_mujoco_tasks
+from mamlkit.rl.policy import GaussianPolicy
+from mamlkit.rl.sampler import per_task, sample
+
+
+class PointLine(gymnasium.Env):
+    """A user's env: a point on a line that should reach ``goal``; ends within 0.05 of it."""
+    observation_space = gymnasium.spaces.Box(-10, 10, (1,))
+    action_space = gymnasium.spaces.Box(-0.5, 0.5, (1,))
+    goal = 0.0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = np.zeros(1)
+        return self.x.astype(np.float32), {}
+
+    def step(self, action):
+        self.x = self.x + action
+        distance = abs(self.x[0] - self.goal)
+        return self.x.astype(np.float32), -distance, distance < 0.05, False, {"x": self.x[0]}
+
+
+def set_goal(env, task):
+    env.goal = float(task[0])
+
+
+def test_a_users_gymnasium_env_and_task_sampler_plug_in():
+    env = GymTasks(PointLine, lambda n, g: torch.rand(n, generator=g), horizon=15, set_task=set_goal)
+    assert (env.obs_dim, env.act_dim) == (1, 1)
+    tasks = env.sample_tasks(3, torch.Generator().manual_seed(0))
+    assert tasks.shape == (3, 1)
+    obs = env.reset(tasks, 2, torch.Generator().manual_seed(0))
+    assert obs.shape == (3, 2, 1)
+    obs, reward, done = env.step(torch.full((3, 2, 1), 2.0))  # clipped to the action space: 0.5
+    torch.testing.assert_close(obs, torch.full((3, 2, 1), 0.5))
+    torch.testing.assert_close(reward, -(0.5 - tasks).abs().expand(3, 2).float())
+    torch.manual_seed(0)
+    policy = GaussianPolicy(1, 1, hidden=(8,))
+    episodes = sample(env, policy, per_task(policy.params(), 3), tasks, 4, torch.Generator().manual_seed(1))
+    assert episodes.obs.shape[:2] == (3, 4) and episodes.obs.shape[2] <= 15
+    assert (episodes.mask[..., 1:] <= episodes.mask[..., :-1]).all()
+
+
+def test_env_with_image_observations_is_refused_with_the_fix():
+    class Image(PointLine):
+        observation_space = gymnasium.spaces.Box(0, 1, (2, 2))
+    with pytest.raises(MamlkitError, match="FlattenObservation"):
+        GymTasks(Image, direction, horizon=5)
+
+
+@pytest.mark.parametrize("name", ["cheetah-dir", "cheetah-vel"])
+def test_cheetah_rewards_are_the_papers(name):
+    env = make_mujoco_tasks(name, horizon=5, backend="gym")
+    tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
+    env.reset(tasks, 1, torch.Generator().manual_seed(0))
+    twin = make_gym_env("HalfCheetah-v5")  # the same env stepped by hand from the same state
+    twin.reset(seed=0)
+    action = np.linspace(-0.9, 0.9, 6)
+    for index in range(2):
+        twin.set_state(env.envs[index].data.qpos.copy(), env.envs[index].data.qvel.copy())
+        _, reward, _ = env.step(torch.tensor(action, dtype=torch.float32).expand(2, 1, 6))
+        _, _, _, _, info = twin.step(action.astype(np.float32).astype(np.float64))
+        goal = tasks[index, 0].item()
+        task_term = goal * info["x_velocity"] if name == "cheetah-dir" else -abs(info["x_velocity"] - goal)
+        control = 0.05 * float(np.sum(action.astype(np.float32).astype(np.float64) ** 2))  # rllab: 0.5 · 0.1 · |a|²
+        assert reward[index, 0].item() == pytest.approx(task_term - control, rel=1e-5, abs=1e-6)
+    values = env.sample_tasks(200, torch.Generator().manual_seed(1))
+    if name == "cheetah-dir":
+        assert set(values.flatten().tolist()) == {-1.0, 1.0}
+    else:
+        assert values.min() >= 0 and values.max() <= 2 and values.std() > 0.4
+
+
+def test_ant_terminates_when_unhealthy_and_masks_the_rest():
+    env = make_mujoco_tasks("ant-dir", horizon=3)
+    tasks = torch.tensor([[1.0]])
+    env.reset(tasks, 1, torch.Generator().manual_seed(0))
+    ant = env.envs[0]
+    qpos = ant.data.qpos.copy()
+    qpos[2] = 5.0  # torso far above the healthy z range
+    ant.set_state(qpos, ant.data.qvel.copy())
+    _, reward, done = env.step(torch.zeros(1, 1, 8))
+    assert done.tolist() == [[True]]
+    _, reward, done = env.step(torch.zeros(1, 1, 8))
+    assert reward.item() == 0.0 and done.tolist() == [[True]]
+
+
+@pytest.mark.parametrize("name", ["cheetah-dir", "cheetah-vel"])
+def test_rollout_cheetah_steps_like_gymnasium(name):
+    fast, slow = make_mujoco_tasks(name, 5, backend="rollout"), make_mujoco_tasks(name, 5, backend="gym")
+    tasks = fast.sample_tasks(2, torch.Generator().manual_seed(0))
+    obs = fast.reset(tasks, 2, torch.Generator().manual_seed(0))
+    slow.reset(tasks, 2, torch.Generator().manual_seed(0))
+    for i, env in enumerate(slow.envs[:4]):  # start the gymnasium copies from the rollout's states
+        env.set_state(fast.state[i, 1:1 + fast.nq], fast.state[i, 1 + fast.nq:1 + fast.nq + fast.nv])
+    actions = torch.randn(3, 2, 2, 6, generator=torch.Generator().manual_seed(1))
+    for t in range(3):
+        fast_out, slow_out = fast.step(actions[t]), slow.step(actions[t])
+        for a, b in zip(fast_out, slow_out):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert obs.shape == (2, 2, 17)
+
+
+def test_rollout_backend_refuses_the_ant():
+    with pytest.raises(MamlkitError, match="backend 'gym'"):
+        make_mujoco_tasks("ant-dir", 5, backend="rollout")

@@ -1,0 +1,75 @@
+"""An RL run end to end at a toy scale: outputs, resume to the same numbers, config errors."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mamlkit.engine.checkpoint import load_latest_checkpoint
+from mamlkit.errors import MamlkitError
+from mamlkit.experiments import rl
+from mamlkit.presets import get_preset
+
+TINY = rl.RLConfig(iterations=2, meta_batch=2, trajectories=3, horizon=8, hidden=(8, 8), eval_tasks=3,
+                   eval_steps=1, checkpoint_every=1)
+
+
+def final_params(run_dir):
+    state, _ = load_latest_checkpoint(run_dir / "checkpoints")
+    return state["iteration"], state["learners"]
+
+
+def test_train_writes_results_figures_and_timings(tmp_path):
+    summary = rl.train(TINY, tmp_path)
+    assert set(summary["results"]) == {"maml", "pretrained", "random"}
+    assert all(len(row["return"]) == 2 for row in summary["results"].values())
+    assert json.loads((tmp_path / "results.json").read_text())["iteration"] == 2
+    for name in ("learning_curve.png", "fig5_returns_vs_steps.png", "adapted_paths.png", "metrics.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0
+    timing = summary["seconds_per_iteration"]["maml"]
+    assert timing["sample_s"] > 0 and timing["optimize_cpu_s"] > 0
+
+
+def test_resumed_run_ends_with_the_same_parameters(tmp_path):
+    for name in ("straight", "stopped"):
+        (tmp_path / name).mkdir()
+    rl.make_loop(TINY, tmp_path / "straight").run()
+    rl.make_loop(replace(TINY, iterations=1), tmp_path / "stopped").run()
+    loop = rl.make_loop(TINY, tmp_path / "stopped")
+    loop.run(start=loop.restore())
+    (i, straight), (j, resumed) = final_params(tmp_path / "straight"), final_params(tmp_path / "stopped")
+    assert i == j == 2
+    for learner in straight:
+        for name, value in straight[learner]["model"].items():
+            assert torch.equal(value, resumed[learner]["model"][name]), (learner, name)
+
+
+def test_presets_carry_the_papers_settings():
+    cheetah = get_preset("cheetah-dir").config
+    assert (cheetah.meta_batch, cheetah.trajectories, cheetah.horizon, cheetah.inner_lr, cheetah.max_kl) == \
+        (40, 20, 200, 0.1, 0.01)
+    nav = get_preset("2dnav").config
+    assert (nav.meta_batch, nav.trajectories, nav.horizon, nav.hidden) == (20, 20, 100, (100, 100))
+    assert get_preset("ant-vel-fo").config.first_order
+
+
+@pytest.mark.parametrize("change, message", [({"env": "pong"}, "env must be one of"),
+                                             ({"gamma": 1.5}, "gamma must be in"),
+                                             ({"meta_batch": 0}, "meta_batch must be at least 1")])
+def test_bad_config_gets_a_one_line_error(change, message):
+    with pytest.raises(MamlkitError, match=message):
+        replace(TINY, **change)
+
+
+def test_adapted_cheetah_renders_offscreen_to_a_gif(tmp_path):
+    import imageio.v3 as iio
+    from mamlkit.rl.mujoco_tasks import render_gif
+    from mamlkit.rl.policy import GaussianPolicy
+    config = rl.RLConfig(env="cheetah-dir", horizon=6, trajectories=2)
+    torch.manual_seed(0)
+    policy = GaussianPolicy(17, 6, hidden=(8,))
+    render_gif(config, policy, torch.tensor([[1.0], [-1.0]]), tmp_path / "a.gif", size=32)
+    frames = iio.imread(tmp_path / "a.gif")
+    assert frames.shape[0] == 3 and frames.shape[1:3] == (32, 64)  # every 2nd of 6 steps, two tasks side by side
+    assert frames.std() > 0
