@@ -41,9 +41,12 @@ def _loop_tasks(per_task, tensors: tuple[Tensor, ...]) -> Tensor:
                         for i in range(tensors[0].shape[0])])
 
 
-def _accumulate_grad(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
+def accumulate_grad(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
+    """Add ``grads`` into ``.grad`` as ``backward()`` would, so ``optimizer.step()`` applies them
+    (cloned: a gradient may be a view into a buffer shared by all parameters)."""
     for name, p in tensors.items():
-        p.grad = grads[name] if p.grad is None else p.grad + grads[name]
+        g = grads[name].detach()
+        p.grad = g.clone() if p.grad is None else p.grad + g
 
 
 def _select(names: Sequence[str], patterns: str | Sequence[str] | None) -> list[str]:
@@ -297,7 +300,7 @@ class MAML:
         grads, loss = self._compiled_meta_grad[self.first_order](meta, constants, support_x, support_y, query_x,
                                                                  query_y, **self._variant_options())
         for group, tensors in meta.items():
-            _accumulate_grad(tensors, grads[group])
+            accumulate_grad(tensors, grads[group])
         return loss.detach()
 
     def _meta_backward_by_task(self, *batch: Tensor) -> Tensor:
@@ -362,7 +365,12 @@ class MAML:
             return fn.adaptation_curve(forward, self.loss_fn, metrics, params, sx, sy, qx, qy, lr, steps, gradient,
                                        forward_at=self._forward_at(constants))
 
-        chunk_size = chunk_size or support_x.shape[0]
+        return self._curves_by_metric(per_task, tensors, metrics, chunk_size)
+
+    def _curves_by_metric(self, per_task, tensors: tuple[Tensor, ...], metrics: Mapping,
+                          chunk_size: int | None) -> dict[str, Tensor]:
+        """``evaluate``'s result from a per-task curve ``[steps + 1, len(metrics)]``, in chunks of tasks."""
+        chunk_size = chunk_size or tensors[0].shape[0]
         curves = torch.cat([self._map_tasks(per_task, tuple(t[i:i + chunk_size] for t in tensors))
-                            for i in range(0, support_x.shape[0], chunk_size)])
+                            for i in range(0, tensors[0].shape[0], chunk_size)])
         return {name: curves[:, :, j] for j, name in enumerate(metrics)}

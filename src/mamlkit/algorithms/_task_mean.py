@@ -1,4 +1,4 @@
-"""Running per-task functions whose results are not one tensor, shared by Reptile, iMAML and ProtoMAML.
+"""Running per-task functions whose results are not one tensor, shared by Reptile and iMAML.
 
 ``MAML._map_tasks`` maps a per-task function returning one tensor (vmap or a task loop), so each
 task's parameter-shaped result (Reptile's θ − φ, iMAML's implicit gradient) and its query loss
@@ -22,19 +22,3 @@ def mean_over_tasks(learner, per_task, tensors: tuple[Tensor, ...], like: fn.Par
     flat = learner._map_tasks(flat_task, tensors).mean(dim=0)
     pieces = flat[:-1].split([like[n].numel() for n in names])
     return {n: piece.view_as(like[n]) for n, piece in zip(names, pieces)}, flat[-1]
-
-
-def accumulate_grad(params: fn.Params, grads: fn.Params) -> None:
-    """Add ``grads`` into ``.grad`` as ``backward()`` would, so ``optimizer.step()`` applies them."""
-    for name, p in params.items():
-        g = grads[name].detach()
-        p.grad = g.clone() if p.grad is None else p.grad + g
-
-
-def curves_by_metric(learner, per_task_curve, tensors: tuple[Tensor, ...], metrics: dict,
-                     chunk_size: int | None) -> dict[str, Tensor]:
-    """``MAML.evaluate``'s return value from a per-task curve ``[steps + 1, len(metrics)]``, in chunks of tasks."""
-    chunk_size = chunk_size or tensors[0].shape[0]
-    curves = torch.cat([learner._map_tasks(per_task_curve, tuple(t[i:i + chunk_size] for t in tensors))
-                        for i in range(0, tensors[0].shape[0], chunk_size)])
-    return {name: curves[:, :, j] for j, name in enumerate(metrics)}

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 from mamlkit import functional as fn
-from mamlkit.algorithms._task_mean import accumulate_grad, curves_by_metric, mean_over_tasks
+from mamlkit.algorithms._task_mean import mean_over_tasks
 from mamlkit.checks import check_learning_rate, check_steps, check_task, check_task_batch
 from mamlkit.errors import MamlkitError
-from mamlkit.maml import MAML
+from mamlkit.maml import MAML, accumulate_grad
 
 
 def _dot(a: fn.Params, b: fn.Params) -> Tensor:
@@ -175,4 +175,4 @@ class IMAML(MAML):
                     phi = self._adapt_task(forward, theta, sx, sy, 1, gradient, start=phi)
             return torch.stack(rows)
 
-        return curves_by_metric(self, per_task, tensors, metrics, chunk_size)
+        return self._curves_by_metric(per_task, tensors, metrics, chunk_size)

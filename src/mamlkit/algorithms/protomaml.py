@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlkit import functional as fn
-from mamlkit.algorithms._task_mean import curves_by_metric
 from mamlkit.checks import check_steps, check_task, check_task_batch
 from mamlkit.errors import MamlkitError
 from mamlkit.maml import MAML
@@ -185,4 +184,4 @@ class ProtoMAML(MAML):
             return fn.adaptation_curve(forward, self.loss_fn, metrics, start, sx, sy, qx, qy, self.inner_lr,
                                        steps, gradient, forward_at=self._forward_at(constants))
 
-        return curves_by_metric(self, per_task, tensors, metrics, chunk_size)
+        return self._curves_by_metric(per_task, tensors, metrics, chunk_size)

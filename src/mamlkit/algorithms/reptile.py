@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 
 from mamlkit import functional as fn
-from mamlkit.algorithms._task_mean import accumulate_grad, mean_over_tasks
+from mamlkit.algorithms._task_mean import mean_over_tasks
 from mamlkit.checks import check_task_batch
 from mamlkit.errors import MamlkitError
-from mamlkit.maml import MAML
+from mamlkit.maml import MAML, accumulate_grad
 
 INNER_DATA = ("support", "all")
 
