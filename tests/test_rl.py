@@ -118,14 +118,14 @@ def test_meta_gradient_and_kl_hessian_match_a_plain_loop_in_float64(first_order)
     grad, ref_grad = (flat(torch.autograd.grad(value, leaves)) for value in (loss, ref_loss))
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
     assert grad.norm() > 1e-3
-    # Hessian of the KL (the Fisher through the inner step) times a vector, by double backward.
+    # The Fisher-vector product TRPO uses equals the reference KL's Hessian (by double backward) times v.
     v = torch.randn(grad.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    hvp = []
-    for value in (objective(params, batch)[1], reference_meta_objective(params, batch, 0.1, first_order)[1]):
-        g = flat(torch.autograd.grad(value, leaves, create_graph=True))
-        hvp.append(flat(torch.autograd.grad(g @ v, leaves)))
-    torch.testing.assert_close(hvp[0], hvp[1], rtol=1e-9, atol=1e-12)
-    assert v @ hvp[0] > 0
+    ref_kl_grad = flat(torch.autograd.grad(reference_meta_objective(params, batch, 0.1, first_order)[1], leaves,
+                                           create_graph=True))
+    expected = flat(torch.autograd.grad(ref_kl_grad @ v, leaves))
+    fisher_v = objective.fisher_product(params, batch)(v)
+    torch.testing.assert_close(fisher_v, expected, rtol=1e-9, atol=1e-12)
+    assert v @ fisher_v > 0
 
 
 def test_second_order_meta_gradient_differs_from_first_order():
@@ -143,7 +143,7 @@ def test_trpo_step_stays_within_the_kl_bound_and_improves_the_surrogate():
     with torch.no_grad():
         loss_before, _ = objective(params, batch)
     settings = TRPOSettings(max_kl=0.01)
-    info = trpo_step(params, lambda p: objective(p, batch), settings)
+    info = trpo_step(params, lambda p: objective(p, batch), lambda p: objective.fisher_product(p, batch), settings)
     with torch.no_grad():
         loss_after, kl_after = objective(policy.params(), batch)
     assert info["accepted"] == 1.0
@@ -185,13 +185,14 @@ def test_discounted_returns_and_baseline_follow_their_definitions():
     torch.testing.assert_close(normalized.mean((1, 2)), torch.zeros(2, dtype=torch.float64), atol=1e-9, rtol=0)
 
 
-def test_navigation_clips_actions_rewards_distance_and_ends_at_the_goal():
+def test_navigation_scales_and_clips_actions_rewards_distance_and_ends_at_the_goal():
     env = Navigation2D()
     tasks = torch.tensor([[0.05, 0.0], [0.3, -0.4]])
     obs = env.reset(tasks, 2, torch.Generator())
     assert obs.shape == (2, 2, 2) and obs.abs().sum() == 0
-    obs, reward, done = env.step(torch.tensor([[[1.0, 0.0], [0.05, 0.0]], [[0.0, -5.0], [0.0, 0.0]]]))
-    torch.testing.assert_close(obs[0, 0], torch.tensor([0.1, 0.0]))       # clipped to 0.1
+    obs, reward, done = env.step(torch.tensor([[[3.0, 0.0], [0.5, 0.0]], [[0.0, -5.0], [0.0, 0.0]]]))
+    torch.testing.assert_close(obs[0, 0], torch.tensor([0.1, 0.0]))       # clipped to 1, scaled by 0.1
+    torch.testing.assert_close(obs[0, 1], torch.tensor([0.05, 0.0]))      # rllab's normalize: 0.1 · a
     torch.testing.assert_close(reward[0, 0], torch.tensor(-0.05))
     assert done.tolist() == [[False, True], [False, False]]
     torch.testing.assert_close(reward[1, 0], -torch.tensor([0.3, -0.3]).norm())

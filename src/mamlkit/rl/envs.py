@@ -24,11 +24,15 @@ class TaskEnv(Protocol):
 
 
 class Navigation2D:
-    """The paper's point robot: goal ~ U[−0.5, 0.5]², start at the origin, actions clipped to
-    [−0.1, 0.1], reward −‖x − goal‖, horizon 100; an episode ends once both coordinates are within
-    0.01 of the goal (as in the official code)."""
+    """The paper's point robot: goal ~ U[−0.5, 0.5]², start at the origin, reward −‖x − goal‖,
+    horizon 100; an episode ends once both coordinates are within 0.01 of the goal (as in the
+    official code). The policy acts in [−1, 1] and the robot moves by 0.1·clip(a, −1, 1), i.e.
+    moves are clipped to [−0.1, 0.1]: the official code wraps the env in rllab's ``normalize``,
+    which rescales the action space [−0.1, 0.1] to [−1, 1]. Without it a unit-variance policy only
+    ever saturates, and the mean has to be learned on a 10× finer scale."""
 
     obs_dim, act_dim = 2, 2
+    max_move = 0.1
 
     def __init__(self, horizon: int = 100, dtype: torch.dtype = torch.float32):
         self.horizon, self.dtype = horizon, dtype
@@ -44,7 +48,7 @@ class Navigation2D:
         return self.state.clone()
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        self.state = self.state + actions.clamp(-0.1, 0.1).to(self.dtype)
+        self.state = self.state + self.max_move * actions.clamp(-1.0, 1.0).to(self.dtype)
         offset = self.state - self.goals
         reward = -offset.norm(dim=-1)
         done = (offset.abs() < 0.01).all(dim=-1)
