@@ -1,6 +1,6 @@
 """MAML-RL's two loops. Inner: one REINFORCE step per task through ``functional.adapt`` (the same
 code as supervised MAML: x = (state, action), the "prediction" is log π(a|s) and the loss is
-−mean(log π · A)). Outer: TRPO on the post-update surrogate, whose gradient and KL Hessian-vector
+−mean(log π · A)). Outer: TRPO on the post-update surrogate, whose gradient and Fisher-vector
 products go exactly through the inner step by double backward."""
 
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mamlkit import functional as fn
 from mamlkit.functional import Params
-from mamlkit.rl.policy import GaussianPolicy, gaussian_kl, gaussian_log_prob
+from mamlkit.rl.policy import GaussianPolicy, gaussian_fisher_diagonal, gaussian_kl, gaussian_log_prob
 from mamlkit.rl.sampler import Episodes, per_task, task_distribution
 
 
@@ -83,6 +83,36 @@ class MetaObjective:
         kl = ((gaussian_kl(batch.old_mean, batch.old_log_std, mean, log_std) * mask).sum((1, 2)) / count).mean()
         return loss, kl
 
+    def fisher_product(self, params: Params, batch: MetaBatch) -> Callable[[Tensor], Tensor]:
+        """v ↦ F v with F = Jᵀ M J the Hessian of the mean KL at the collecting parameters: J the
+        Jacobian of the adapted policies' (mean, log σ) on the post-update data with respect to θ
+        (through the inner step), M the Gaussians' Fisher (1/σ² and 2) weighted as the KL is. There
+        the KL's own gradient vanishes, so this is exact, and it needs one order of differentiation
+        less than differentiating the KL's gradient again."""
+        outputs = self.distribution(params, batch)
+        mask = batch.post.mask
+        weights = (mask / mask.sum((1, 2), keepdim=True) / mask.shape[0])[..., None]
+        metric = [weights * m for m in gaussian_fisher_diagonal(*(o.detach() for o in outputs))]
+        return gauss_newton_product(outputs, list(params.values()), metric)
+
+
+def gauss_newton_product(outputs: tuple[Tensor, ...], leaves: list[Tensor], metric: list[Tensor]) -> Callable[[Tensor], Tensor]:
+    """v ↦ Jᵀ diag(metric) J v for the Jacobian J of ``outputs`` with respect to ``leaves``. Jᵀu is
+    built once as a graph in a dummy u; J v is then its derivative in u along v (the double-vjp
+    trick), so each product is two backward passes through graphs that are kept."""
+    dummies = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+    transposed = flat(torch.autograd.grad(outputs, leaves, grad_outputs=dummies, create_graph=True))
+
+    def product(v: Tensor) -> Tensor:
+        jv = torch.autograd.grad(transposed @ v, dummies, retain_graph=True)
+        return flat(torch.autograd.grad(outputs, leaves, grad_outputs=[m * j for m, j in zip(metric, jv)],
+                                        retain_graph=True))
+    return product
+
+
+def flat(tensors) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
 
 def old_policy_terms(objective: MetaObjective, params: Params, batch: MetaBatch) -> MetaBatch:
     """Fill in the collecting policy's log-probabilities and distributions (constants for TRPO)."""
@@ -121,19 +151,19 @@ class TRPOSettings:
 
 
 def trpo_step(params: Params, objective: Callable[[Params], tuple[Tensor, Tensor]],
+              fisher_product: Callable[[Params], Callable[[Tensor], Tensor]],
               settings: TRPOSettings) -> dict[str, float]:
     """One TRPO update of ``params`` (leaf tensors, changed in place): natural-gradient direction by
-    conjugate gradient on exact KL Hessian-vector products (double backward through the inner
-    step; at the collecting policy this Hessian is the Fisher), scaled to the KL bound, then a
-    backtracking line search that accepts only a lower surrogate within the bound."""
+    conjugate gradient on exact Fisher-vector products (``fisher_product(params)`` gives v ↦ F v,
+    the KL's Hessian at the collecting policy), scaled to the KL bound, then a backtracking line
+    search that accepts only a lower surrogate within the bound."""
     names, leaves = list(params), list(params.values())
-    loss, kl = objective(params)
-    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, leaves, retain_graph=True)])
-    kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, leaves, create_graph=True)])
+    loss, _ = objective(params)
+    grad = flat(torch.autograd.grad(loss, leaves))
+    fisher = fisher_product(params)
 
     def hvp(v: Tensor) -> Tensor:
-        hv = torch.autograd.grad(kl_grad @ v, leaves, retain_graph=True)
-        return torch.cat([h.reshape(-1) for h in hv]) + settings.cg_damping * v
+        return fisher(v) + settings.cg_damping * v
 
     direction = conjugate_gradient(hvp, -grad.detach(), settings.cg_iterations)
     curvature = direction @ hvp(direction)

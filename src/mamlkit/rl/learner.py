@@ -48,7 +48,8 @@ class MetaRLLearner:
         start, cpu_start = time.perf_counter(), time.process_time()
         meta_batch = self.collect(tasks, generator)
         sampled, cpu_sampled = time.perf_counter(), time.process_time()
-        info = trpo_step(self.policy.params(), lambda p: self.objective(p, meta_batch), self.trpo)
+        info = trpo_step(self.policy.params(), lambda p: self.objective(p, meta_batch),
+                         lambda p: self.objective.fisher_product(p, meta_batch), self.trpo)
         done, cpu_done = time.perf_counter(), time.process_time()
         returns = {"return_post": meta_batch.post.returns().mean().item()}
         if meta_batch.pre is not None:

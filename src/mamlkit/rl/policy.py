@@ -44,3 +44,9 @@ def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Te
     """KL(p ‖ q) between diagonal Gaussians, summed over action dimensions."""
     var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
     return (log_std_q - log_std_p + (var_p + (mean_p - mean_q).pow(2)) / (2 * var_q) - 0.5).sum(-1)
+
+
+def gaussian_fisher_diagonal(mean: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
+    """The Fisher information of a diagonal Gaussian in its (mean, log σ) outputs: 1/σ² and 2 per
+    action dimension (the KL's second derivatives there; the parameters are independent)."""
+    return torch.exp(-2 * log_std).expand_as(mean), torch.full_like(log_std, 2.0)
