@@ -96,6 +96,17 @@ def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path):
     assert final_state(run)[1] == "ckpt-000000120.pt"
 
 
+def test_resume_skips_a_metrics_record_cut_off_by_the_kill(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--iterations", "100", "--checkpoint-every", "50", *SMALL, "--out", str(run)]) == 0
+    metrics = run / "metrics.jsonl"
+    with open(metrics, "a") as handle:  # a process killed while writing the record after the checkpoint
+        handle.write('{"iteration": 110, "maml/query_lo')
+    result = mamlkit("train", "--resume", str(run), "--iterations", "120")
+    assert result.returncode == 0, result.stderr
+    assert [r["iteration"] for r in map(json.loads, metrics.read_text().splitlines())] == [50, 100, 120]
+
+
 def test_diverging_run_stops_with_one_line_error_naming_the_iteration(tmp_path):
     result = mamlkit("train", "sinusoid", "--iterations", "400", *SMALL, "--meta-lr", "1e30",
                      "--out", str(tmp_path / "run"))

@@ -10,9 +10,8 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_iteration: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_iteration and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["iteration"] <= resume_iteration]
-            self.path.write_text("".join(f"{line}\n" for line in kept))
+            kept = [record for record in _complete_records(self.path) if record["iteration"] <= resume_iteration]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         elif not resume_iteration:
             self.path.write_text("")
         from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard only for training runs
@@ -30,5 +29,10 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _complete_records(Path(run_dir) / "metrics.jsonl")
+
+
+def _complete_records(path: Path) -> list[dict]:
+    """The records of whole lines: a process killed mid-write leaves a last line without its newline
+    (always past the last checkpoint, which is written after the record), and it is skipped."""
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
