@@ -5,7 +5,7 @@ steps with random actions by (a) a plain Python loop over unwrapped envs (what `
 (b) gymnasium's SyncVectorEnv, (c) AsyncVectorEnv with 2 worker processes, (d) ``mujoco.rollout``
 (one batched C call per policy step, 1 and 2 threads; observations read back from the state).
 Sampler rows: the full batched sampler (policy forward + env) for 2D navigation, the half-cheetah
-(both backends) and the ant.
+(both backends; the gym loop also in 2 worker processes) and the ant (in this process and in 2).
 Meta-iteration rows: one MAML meta-iteration (pre-update sampling, inner step, post-update sampling,
 TRPO with 10 CG iterations) at the given scales, wall clock and CPU seconds of the process (the CPU
 seconds stay meaningful on a shared machine). Each row runs in a fresh interpreter with 1 thread.
@@ -84,12 +84,12 @@ def step_rollout(n, steps, threads):
     return time.perf_counter() - start
 
 
-def sampler(env_name, tasks, trajectories, horizon, backend):
+def sampler(env_name, tasks, trajectories, horizon, backend, workers):
     import torch
     from mamlkit.experiments.rl import RLConfig, make_env
     from mamlkit.rl.policy import GaussianPolicy
     from mamlkit.rl.sampler import per_task, sample
-    env = make_env(RLConfig(env=env_name, horizon=horizon, backend=backend))
+    env = make_env(RLConfig(env=env_name, horizon=horizon, backend=backend, env_workers=workers))
     policy = GaussianPolicy(env.obs_dim, env.act_dim)
     generator = torch.Generator().manual_seed(0)
     goals = env.sample_tasks(tasks, generator)
@@ -128,7 +128,7 @@ def child(args):
         return {"steps_per_s": n * steps / seconds}
     env_name, tasks, trajectories, horizon = rest[0], *map(int, rest[1:4])
     if kind == "sampler":
-        seconds, steps = sampler(env_name, tasks, trajectories, horizon, rest[4])
+        seconds, steps = sampler(env_name, tasks, trajectories, horizon, rest[4], int(rest[5]))
         return {"steps_per_s": steps / seconds}
     info = meta_iteration(env_name, tasks, trajectories, horizon)
     return {key: info[key] for key in ("sample_s", "optimize_s", "sample_cpu_s", "optimize_cpu_s")}
@@ -151,11 +151,14 @@ def main():
                         ("async", "gymnasium AsyncVectorEnv, 2 workers"), ("rollout-1", "mujoco.rollout, 1 thread"),
                         ("rollout-2", "mujoco.rollout, 2 threads")):
         rows.append(run_row({"what": f"step {args.envs} half-cheetahs: {label}"}, script + ["--child", kind, n, steps]))
-    for env_name, tasks, trajectories, horizon, backend in (
-            ("2dnav", 20, 20, 100, "auto"), ("cheetah-dir", 10, 10, 200, "gym"), ("cheetah-dir", 10, 10, 200, "rollout"),
-            ("ant-dir", 10, 10, 200, "gym")):
-        rows.append(run_row({"what": f"sampler with policy: {env_name} ({backend}), {tasks} tasks × {trajectories} traj × {horizon}"},
-                            script + ["--child", "sampler", env_name, str(tasks), str(trajectories), str(horizon), backend]))
+    for env_name, tasks, trajectories, horizon, backend, workers in (
+            ("2dnav", 20, 20, 100, "auto", 0), ("cheetah-dir", 10, 10, 200, "gym", 0),
+            ("cheetah-dir", 10, 10, 200, "gym", 2), ("cheetah-dir", 10, 10, 200, "rollout", 0),
+            ("ant-dir", 10, 10, 200, "gym", 0), ("ant-dir", 10, 10, 200, "gym", 2)):
+        how = f"{backend}, {workers} worker processes" if workers else backend
+        rows.append(run_row({"what": f"sampler with policy: {env_name} ({how}), {tasks} tasks × {trajectories} traj × {horizon}"},
+                            script + ["--child", "sampler", env_name, str(tasks), str(trajectories), str(horizon), backend,
+                                      str(workers)]))
     for env_name, tasks, trajectories, horizon in (("2dnav", 20, 20, 100), ("cheetah-dir", 10, 10, 200)):
         rows.append(run_row({"what": f"meta-iteration: {env_name}, {tasks} tasks × {trajectories} traj × {horizon}"},
                             script + ["--child", "iteration", env_name, str(tasks), str(trajectories), str(horizon)]))

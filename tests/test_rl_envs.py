@@ -112,3 +112,24 @@ def test_rollout_cheetah_steps_like_gymnasium(name):
 def test_rollout_backend_refuses_the_ant():
     with pytest.raises(MamlkitError, match="backend 'gym'"):
         make_mujoco_tasks("ant-dir", 5, backend="rollout")
+
+
+@pytest.mark.parametrize("name", ["ant-dir", "cheetah-vel"])
+def test_worker_processes_step_the_same_episodes_as_one_process(name):
+    torch.manual_seed(0)
+    local, workers = make_mujoco_tasks(name, 6, backend="gym"), make_mujoco_tasks(name, 6, backend="gym", workers=2)
+    try:
+        policy = GaussianPolicy(local.obs_dim, local.act_dim, hidden=(8,))
+        tasks = local.sample_tasks(3, torch.Generator().manual_seed(0))  # 3 tasks over 2 workers: shares 2 and 1
+        runs = [sample(env, policy, per_task(policy.params(), 3), tasks, 2, torch.Generator().manual_seed(1))
+                for env in (local, workers)]
+        for field in ("obs", "actions", "rewards", "mask"):
+            torch.testing.assert_close(getattr(runs[0], field), getattr(runs[1], field), rtol=0, atol=0)
+        assert runs[0].rewards.abs().sum() > 0
+    finally:
+        workers.close()
+
+
+def test_workers_need_the_gym_backend():
+    with pytest.raises(MamlkitError, match="env-threads"):
+        make_mujoco_tasks("cheetah-dir", 5, backend="rollout", workers=2)

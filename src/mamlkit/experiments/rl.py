@@ -60,11 +60,12 @@ class RLConfig:
     threads: int = 1
     backend: str = "auto"  # MuJoCo stepping: auto (mujoco.rollout for the cheetah, else gym) | gym | rollout
     env_threads: int = 1  # mujoco.rollout threads stepping the half-cheetahs (rollout backend)
+    env_workers: int = 0  # processes stepping the gymnasium envs (gym backend); 0: in this process
     device: str = "cpu"  # the environments and the small policy run on the CPU
     render: bool = True  # a GIF of the adapted policy (MuJoCo) or a trajectory plot (2D navigation)
 
     def __post_init__(self):
-        check_config(self, whole=("iterations", "eval_steps", "seed"),
+        check_config(self, whole=("iterations", "eval_steps", "seed", "env_workers"),
                      positive=("meta_batch", "trajectories", "horizon", "eval_tasks", "checkpoint_every",
                                "log_every", "threads", "env_threads", "cg_iterations", "max_backtracks"),
                      rates=("inner_lr", "eval_inner_lr", "max_kl", "cg_damping", "time_limit"),
@@ -77,7 +78,7 @@ def make_env(config: RLConfig) -> TaskEnv:
     if config.env == "2dnav":
         return Navigation2D(config.horizon)
     from mamlkit.rl.mujoco_tasks import make_mujoco_tasks  # gymnasium only for MuJoCo runs
-    return make_mujoco_tasks(config.env, config.horizon, config.backend, config.env_threads)
+    return make_mujoco_tasks(config.env, config.horizon, config.backend, config.env_threads, config.env_workers)
 
 
 def build_policies(config: RLConfig, env: TaskEnv) -> dict[str, GaussianPolicy]:

@@ -6,6 +6,7 @@ plain loop, which measured fastest on this CPU (benchmarks/rl_sampler.py). The p
 replace the env's reward with a task reward computed from the step's ``info``.
 """
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -42,13 +43,19 @@ class GymTasks:
         return tasks[:, None] if tasks.dim() == 1 else tasks
 
     def reset(self, tasks: Tensor, per_task: int, generator: torch.Generator) -> Tensor:
+        return self.reset_with_seeds(tasks, per_task, self.draw_seeds(tasks.shape[0] * per_task, generator))
+
+    @staticmethod
+    def draw_seeds(count: int, generator: torch.Generator) -> list[int]:
+        return torch.randint(2**31 - 1, (count,), generator=generator).tolist()
+
+    def reset_with_seeds(self, tasks: Tensor, per_task: int, seeds: list[int]) -> Tensor:
         count = tasks.shape[0] * per_task
         while len(self.envs) < count:
             self.envs.append(self.make_env())
         self.tasks = tasks.double().repeat_interleave(per_task, dim=0).numpy()
         self.shape = (tasks.shape[0], per_task)
         self.alive = np.ones(count, dtype=bool)
-        seeds = torch.randint(2**31 - 1, (count,), generator=generator).tolist()
         obs = []
         for env, task, seed in zip(self.envs, self.tasks, seeds):
             if self.set_task is not None:
@@ -74,7 +81,11 @@ class GymTasks:
 
 
 def uniform(low: float, high: float) -> TaskSampler:
-    return lambda n, generator: low + (high - low) * torch.rand(n, generator=generator)
+    return partial(_uniform, low, high)  # a partial, not a lambda: worker processes pickle it
+
+
+def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
 
 
 def direction(n: int, generator: torch.Generator) -> Tensor:
@@ -112,10 +123,10 @@ def make_gym_env(env_id: str, **kwargs):
     return gymnasium.make(env_id, disable_env_checker=True, **ENV_KWARGS.get(env_id, {}), **kwargs).unwrapped
 
 
-def make_mujoco_tasks(name: str, horizon: int, backend: str = "auto", threads: int = 1):
-    """The paper's task ``name``. ``backend``: "gym" (a loop over gymnasium envs), "rollout"
-    (``mujoco.rollout`` with ``threads`` C threads, half-cheetah only) or "auto" (rollout where it
-    applies: the faster)."""
+def make_mujoco_tasks(name: str, horizon: int, backend: str = "auto", threads: int = 1, workers: int = 0):
+    """The paper's task ``name``. ``backend``: "gym" (a loop over gymnasium envs, in ``workers``
+    processes if > 0), "rollout" (``mujoco.rollout`` with ``threads`` C threads, half-cheetah only)
+    or "auto" (rollout where it applies and no workers are asked for: the faster on one core)."""
     if name not in TASKS:
         raise MamlkitError(f"unknown MuJoCo task {name!r}; choose one of {', '.join(TASKS)}")
     try:
@@ -124,14 +135,20 @@ def make_mujoco_tasks(name: str, horizon: int, backend: str = "auto", threads: i
     except ImportError:
         raise MamlkitError("MuJoCo tasks need gymnasium[mujoco]; pip install 'gymnasium[mujoco]==1.4.0'") from None
     env_id, sampler, reward = TASKS[name]
-    if backend == "rollout" or (backend == "auto" and env_id == "HalfCheetah-v5"):
+    if backend == "rollout" or (backend == "auto" and env_id == "HalfCheetah-v5" and not workers):
         if env_id != "HalfCheetah-v5":
             raise MamlkitError(f"the rollout backend steps only the half-cheetah; use backend 'gym' for {name}")
+        if workers:
+            raise MamlkitError("worker processes step the gym backend; the rollout backend takes --env-threads")
         from mamlkit.rl.mujoco_rollout import RolloutCheetah
         return RolloutCheetah(sampler, reward, horizon, threads)
     if backend != "gym" and backend != "auto":
         raise MamlkitError(f"backend must be auto, gym or rollout, got {backend!r}")
-    return GymTasks(lambda: make_gym_env(env_id), sampler, horizon, reward)
+    make_tasks = partial(GymTasks, partial(make_gym_env, env_id), sampler, horizon, reward)
+    if workers:
+        from mamlkit.rl.workers import WorkerTasks
+        return WorkerTasks(make_tasks, workers)
+    return make_tasks()
 
 
 def render_gif(config, policy, tasks: Tensor, path, frames_every: int = 2, size: int = 160) -> None:
