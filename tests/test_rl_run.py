@@ -12,7 +12,7 @@ from mamlkit.experiments import rl
 from mamlkit.presets import get_preset
 
 TINY = rl.RLConfig(iterations=2, meta_batch=2, trajectories=3, horizon=8, hidden=(8, 8), eval_tasks=3,
-                   eval_steps=1, checkpoint_every=1)
+                   eval_steps=1, checkpoint_every=1, validation_tasks=2, validate_every=1)
 
 
 def final_params(run_dir):
@@ -24,7 +24,8 @@ def test_train_writes_results_figures_and_timings(tmp_path):
     summary = rl.train(TINY, tmp_path)
     assert set(summary["results"]) == {"maml", "pretrained", "random"}
     assert all(len(row["return"]) == 2 for row in summary["results"].values())
-    assert json.loads((tmp_path / "results.json").read_text())["iteration"] == 2
+    selected = json.loads((tmp_path / "results.json").read_text())["checkpoint_iteration"]
+    assert set(selected) == {"maml", "pretrained"} and all(1 <= i <= 2 for i in selected.values())
     for name in ("learning_curve.png", "fig5_returns_vs_steps.png", "adapted_paths.png", "metrics.jsonl"):
         assert (tmp_path / name).stat().st_size > 0
     timing = summary["seconds_per_iteration"]["maml"]
@@ -43,6 +44,21 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path):
     for learner in straight:
         for name, value in straight[learner]["model"].items():
             assert torch.equal(value, resumed[learner]["model"][name]), (learner, name)
+
+
+def test_evaluation_uses_each_learners_best_validation_checkpoint(tmp_path):
+    config = replace(TINY, iterations=3)
+    rl.make_loop(config, tmp_path).run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scores = {name: [r[f"val/{name}"] for r in records] for name in ("maml", "pretrained")}
+    env = rl.make_env(config)
+    policies, iterations = rl.load_policies(config, tmp_path, env)
+    for name, values in scores.items():
+        assert len(values) == 3 and iterations[name] == 1 + values.index(max(values))
+        best, _ = load_latest_checkpoint(tmp_path / "best" / name)
+        assert best["val_return"] == max(values)
+        for key, value in best["model"].items():
+            assert torch.equal(policies[name].state_dict()[key], value)
 
 
 def test_presets_carry_the_papers_settings():

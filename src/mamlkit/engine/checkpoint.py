@@ -74,3 +74,19 @@ def load_latest_checkpoint(directory: Path) -> tuple[dict, Path]:
     if candidates:
         raise MamlkitError(f"every checkpoint in {directory} is corrupt; start a new run without --resume")
     raise MamlkitError(f"no checkpoint in {directory}; start a new run without --resume")
+
+
+class BestCheckpoint:
+    """Keeps the state with the highest validation score so far in ``directory`` (one file), under
+    ``key`` in the saved dict; the score carries over a resume."""
+
+    def __init__(self, directory: Path, key: str):
+        self.directory, self.key = Path(directory), key
+        self.score = float("-inf")
+        if any(self.directory.glob(PATTERN)):
+            self.score = load_latest_checkpoint(self.directory)[0][key]
+
+    def offer(self, iteration: int, score: float, state: dict) -> None:
+        if score > self.score:
+            self.score = score
+            save_checkpoint(self.directory, iteration, {"iteration": iteration, self.key: score, **state}, keep=1)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from mamlkit.algorithms import ALGORITHMS, from_settings
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
-from mamlkit.engine.checkpoint import load_latest_checkpoint, save_checkpoint
+from mamlkit.engine.checkpoint import BestCheckpoint, load_latest_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
 from mamlkit.errors import MamlkitError
@@ -142,22 +142,6 @@ def accuracy_curves(maml: MAML, tasks: tuple, chunk: int) -> torch.Tensor:
     return distributed.gather_tasks(curves)
 
 
-class BestCheckpoint:
-    """Keeps the meta-learner with the best validation accuracy so far (survives resumes)."""
-
-    def __init__(self, run_dir: Path):
-        self.directory = Path(run_dir) / "best"
-        self.accuracy = -1.0
-        if any(self.directory.glob("ckpt-*.pt")):
-            self.accuracy = load_latest_checkpoint(self.directory)[0]["val_accuracy"]
-
-    def offer(self, iteration: int, accuracy: float, maml: MAML) -> None:
-        if accuracy > self.accuracy:
-            self.accuracy = accuracy
-            save_checkpoint(self.directory, iteration, {"iteration": iteration, "val_accuracy": accuracy,
-                                                        "model": maml.state_dict()}, keep=1)
-
-
 def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
     """Meta-train with validation-based checkpoint selection, then evaluate on the test classes."""
     torch.set_num_threads(config.threads)
@@ -166,12 +150,12 @@ def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
     maml = make_maml(config, build_model(config))
     optimizer = torch.optim.Adam(maml.parameters(), lr=config.meta_lr)
     validation = fixed_tasks(samplers["val"], config.validation_tasks, VALIDATION_SEED, device)
-    best = BestCheckpoint(run_dir) if distributed.is_main() else None
+    best = BestCheckpoint(Path(run_dir) / "best", "val_accuracy") if distributed.is_main() else None
 
     def validate(iteration: int) -> dict[str, float]:
         value = accuracy_curves(maml, validation, config.eval_chunk)[:, -1].mean().item()
         if best is not None:
-            best.offer(iteration, value, maml)
+            best.offer(iteration, value, {"model": maml.state_dict()})
         return {"val/accuracy": value}
 
     def batches(start: int):

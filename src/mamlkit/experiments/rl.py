@@ -2,8 +2,11 @@
 and direction, with the paper's pretrained and random-initialisation baselines.
 
 MAML and the pretrained policy (plain TRPO on all tasks, no inner step in the objective) train side
-by side on the same task batches. Evaluation (Fig. 5): returns after 0..3 policy-gradient steps on
-40 held-out tasks, 20 trajectories per step, α then α/2 as in the paper.
+by side on the same task batches. Every ``validate_every`` iterations each is scored on validation
+tasks (mean return after 1..eval_steps steps) and its best checkpoint kept: adapting more than once
+degrades as training shrinks the policy's σ, so the last iteration is not the best one. Evaluation
+(Fig. 5): returns after 0..3 policy-gradient steps on 40 held-out test tasks, 20 trajectories per
+step, α then α/2 as in the paper.
 """
 
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ import torch
 
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
-from mamlkit.engine.checkpoint import load_latest_checkpoint
+from mamlkit.engine.checkpoint import BestCheckpoint, load_latest_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import TrainLoop
 from mamlkit.errors import MamlkitError
@@ -28,6 +31,7 @@ from mamlkit.stats import mean_and_ci95
 from mamlkit.tasks.stream import task_stream
 
 EVAL_SEED = 20170309  # the same held-out tasks for every run and method
+VALIDATION_SEED = 1703  # validation tasks, for checkpoint selection only
 ENVS = ("2dnav", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
 METHODS = ("maml", "pretrained", "random")
 
@@ -54,6 +58,8 @@ class RLConfig:
     seed: int = 0
     eval_tasks: int = 40
     eval_steps: int = 3
+    validation_tasks: int = 20
+    validate_every: int = 10
     checkpoint_every: int = 10
     log_every: int = 1
     time_limit: float = 0.0  # minutes of training before a clean, resumable stop; 0: none
@@ -67,6 +73,7 @@ class RLConfig:
     def __post_init__(self):
         check_config(self, whole=("iterations", "eval_steps", "seed", "env_workers"),
                      positive=("meta_batch", "trajectories", "horizon", "eval_tasks", "checkpoint_every",
+                               "validation_tasks", "validate_every",
                                "log_every", "threads", "env_threads", "cg_iterations", "max_backtracks"),
                      rates=("inner_lr", "eval_inner_lr", "max_kl", "cg_damping", "time_limit"),
                      choices={"env": ENVS, "device": ("cpu",), "backend": ("auto", "gym", "rollout")})
@@ -102,10 +109,23 @@ def make_loop(config: RLConfig, run_dir: Path) -> TrainLoop:
 
     def batch(generator: torch.Generator):
         return env.sample_tasks(config.meta_batch, generator), int(torch.randint(2**62, (), generator=generator))
+
+    validation = env.sample_tasks(config.validation_tasks, torch.Generator().manual_seed(VALIDATION_SEED))
+    bests = {name: BestCheckpoint(Path(run_dir) / "best" / name, "val_return") for name in learners}
+
+    def validate(iteration: int) -> dict[str, float]:
+        scores = {}
+        for name, learner in learners.items():
+            returns, _ = adaptation_returns(env, learner.policy, validation, config,
+                                            torch.Generator().manual_seed(VALIDATION_SEED + 1))
+            scores[f"val/{name}"] = returns[:, min(1, config.eval_steps):].mean().item()
+            bests[name].offer(iteration, scores[f"val/{name}"], {"model": learner.policy.state_dict()})
+        return scores
     return TrainLoop(run_dir=run_dir, learners=learners,
                      batches=lambda start: task_stream(batch, config.seed, start=start),
                      iterations=config.iterations, checkpoint_every=config.checkpoint_every,
                      log_every=config.log_every, nan_hint="lower --max-kl or --inner-lr",
+                     validate=validate, validate_every=config.validate_every,
                      time_limit=config.time_limit * 60 or None)
 
 
@@ -137,14 +157,19 @@ def adaptation_returns(env: TaskEnv, policy: GaussianPolicy, tasks: torch.Tensor
     return torch.stack(rows, dim=1), seen
 
 
-def load_policies(config: RLConfig, run_dir: Path, env: TaskEnv) -> tuple[dict[str, GaussianPolicy], int]:
-    state, _ = load_latest_checkpoint(Path(run_dir) / "checkpoints")
-    policies = build_policies(config, env)
-    for name, learner_state in state["learners"].items():
-        policies[name].load_state_dict(learner_state["model"])
-    if "pretrained" not in state["learners"]:
+def load_policies(config: RLConfig, run_dir: Path, env: TaskEnv) -> tuple[dict[str, GaussianPolicy], dict[str, int]]:
+    """Each learner's best-on-validation policy (its last one if the run has no validation yet) and
+    the iteration it comes from; the random initialisation as built."""
+    last, _ = load_latest_checkpoint(Path(run_dir) / "checkpoints")
+    policies, iterations = build_policies(config, env), {}
+    for name, learner_state in last["learners"].items():
+        best = Path(run_dir) / "best" / name
+        state = load_latest_checkpoint(best)[0] if any(best.glob("ckpt-*.pt")) else {**learner_state, **last}
+        policies[name].load_state_dict(state["model"])
+        iterations[name] = state["iteration"]
+    if "pretrained" not in last["learners"]:
         del policies["pretrained"]
-    return policies, state["iteration"]
+    return policies, iterations
 
 
 def evaluate(config: RLConfig, run_dir: Path) -> dict:
@@ -152,7 +177,7 @@ def evaluate(config: RLConfig, run_dir: Path) -> dict:
     results.json, the learning curve, the Fig. 5 plot and a rendering of the adapted policy."""
     torch.set_num_threads(config.threads)
     env = make_env(config)
-    policies, iteration = load_policies(config, run_dir, env)
+    policies, iterations = load_policies(config, run_dir, env)
     tasks = env.sample_tasks(config.eval_tasks, torch.Generator().manual_seed(EVAL_SEED))
     results, episodes = {}, {}
     for name, policy in policies.items():
@@ -164,7 +189,7 @@ def evaluate(config: RLConfig, run_dir: Path) -> dict:
             for label, sign in (("forward", 1.0), ("backward", -1.0)):
                 results[name][label] = returns[tasks[:, 0] == sign].mean(0).tolist()
     summary = {"metric": "mean return after each policy-gradient step (index = steps)", "env": config.env,
-               "iteration": iteration, "eval_tasks": config.eval_tasks, "trajectories": config.trajectories,
+               "checkpoint_iteration": iterations, "eval_tasks": config.eval_tasks, "trajectories": config.trajectories,
                "tasks": tasks.tolist(), "results": results, **timing(run_dir)}
     write_json(Path(run_dir) / "results.json", summary)
     print(format_table(results))

@@ -16,12 +16,15 @@ COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray"}
 def plot_learning_curve(run_dir: Path, path: Path) -> None:
     records = read_metrics(run_dir)
     figure, axis = plt.subplots(figsize=(6, 3.6))
-    for key, label, style in (("maml/return_pre", "MAML before adaptation", "--"),
-                              ("maml/return_post", "MAML after one step", "-"),
-                              ("pretrained/return_post", "pretrained", ":")):
+    for key, learner, label, style in (
+            ("maml/return_pre", "maml", "MAML before adaptation", "--"),
+            ("maml/return_post", "maml", "MAML after one step", "-"),
+            ("pretrained/return_post", "pretrained", "pretrained", ":"),
+            ("val/maml", "maml", "MAML, validation tasks (mean after 1.. steps)", "o-"),
+            ("val/pretrained", "pretrained", "pretrained, validation tasks", "s:")):
         points = [(r["iteration"], r[key]) for r in records if key in r]
         if points:
-            axis.plot(*zip(*points), style, color=COLORS[key.split("/")[0]], lw=1, label=label)
+            axis.plot(*zip(*points), style, color=COLORS[learner], lw=1, ms=3, label=label)
     axis.set_xlabel("meta-iteration")
     axis.set_ylabel("mean return (training tasks)")
     axis.legend(loc="best", fontsize=8)
