@@ -75,6 +75,7 @@ def process_group(device_choice: str):
                             device_id=device if device.type == "cuda" else None)
     try:
         yield
+        dist.barrier()  # a clean exit: no rank tears its connections down while a peer still uses them
     finally:
         dist.destroy_process_group()
 
