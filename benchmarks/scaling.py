@@ -16,6 +16,8 @@ Measured per row, over the timed iterations after a warm-up:
     the number of leading meta-iterations whose losses agree to 1e-5, and max |Δθ| after the run
     over every parameter except the 4 conv biases that feed BatchNorm (their meta-gradient is
     analytically 0, so Adam turns float noise into ±lr steps that BatchNorm cancels).
+  * the machine's ceiling: two independent 1-process runs at once, each on the whole workload; no
+    2-process split can exceed their summed tasks/s.
   * a control row: 1 process with 2 threads. Second-order MAML through ReLUs is discontinuous in
     the weights (an inner step can move a ReLU input across 0), so any change of float32 summation
     order, sharding or thread count, lets trajectories drift apart after some iterations; the
@@ -108,20 +110,43 @@ def worker(args) -> None:
 RUNS = ((1, 1), (2, 1), (1, 2))  # (processes, threads per process); the first is the baseline
 
 
-def launch(args, processes: int, threads: int, scratch: Path) -> dict:
-    result = scratch / f"np{processes}-t{threads}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-           str(Path(__file__).resolve()), "--worker", str(result), "--iters", str(args.iters),
-           "--warmup", str(args.warmup), "--data", str(args.data), "--threads", str(threads)]
+def launch(args, processes: int, threads: int, scratch: Path, copies: int = 1) -> dict | list[dict]:
+    """One torchrun launch of ``processes`` ranks; ``copies`` > 1 starts that many independent
+    launches at once (and returns each one's result)."""
+    results = [scratch / f"np{processes}-t{threads}-{copy}of{copies}.json" for copy in range(copies)]
     load_before = os.getloadavg()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"scaling: the {processes}-process launch failed")
-    data = json.loads(result.read_text())
-    data["params"] = torch.load(result.with_suffix(".pt"))
-    data["load"] = (load_before[0], os.getloadavg()[0])
-    return data
+    launched = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+         str(Path(__file__).resolve()), "--worker", str(result), "--iters", str(args.iters),
+         "--warmup", str(args.warmup), "--data", str(args.data), "--threads", str(threads)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        for result in results]
+    for proc in launched:
+        _, stderr = proc.communicate()
+        if proc.returncode != 0:
+            print(stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"scaling: the {processes}-process launch failed")
+    runs = []
+    for result in results:
+        data = json.loads(result.read_text())
+        data["params"] = torch.load(result.with_suffix(".pt"))
+        data["load"] = (load_before[0], os.getloadavg()[0])
+        runs.append(data)
+    return runs[0] if copies == 1 else runs
+
+
+def machine_ceiling(args, scratch: Path, alone: dict) -> list[str]:
+    """The most any 2-process split can give here: two independent 1-thread processes, each running the
+    whole workload with no communication, against one process alone."""
+    pair = launch(args, 1, 1, scratch, copies=2)
+    rates = [args.iters / run["ranks"][0]["wall_s"] * run["meta_batch"] for run in pair]
+    one = args.iters / alone["ranks"][0]["wall_s"] * alone["meta_batch"]
+    return ["## Ceiling of this machine", "",
+            f"Two independent 1-thread processes at once, each on the whole workload (no sharding, no all-reduce): "
+            f"{rates[0]:.1f} + {rates[1]:.1f} = {sum(rates):.1f} tasks/s, **{sum(rates) / one:.2f}×** one process "
+            f"alone ({one:.1f} tasks/s). No split of the work over two processes can beat this: it is what the two "
+            "cores give to this workload side by side (shared caches and memory bandwidth), before any "
+            "communication or batch-size effect."]
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -173,7 +198,7 @@ def projection(rows: list[dict], meta_batch: int, parameters: int) -> list[str]:
     return lines
 
 
-def write_report(args, rows: list[dict], meta_batch: int, parameters: int, seconds: float) -> None:
+def write_report(args, rows: list[dict], ceiling: list[str], meta_batch: int, parameters: int, seconds: float) -> None:
     lines = ["# Data-parallel scaling: torchrun processes on Omniglot 5-way 1-shot", "",
              f"- command: `python benchmarks/scaling.py{' --quick' if args.quick else ''}`",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all",
@@ -198,7 +223,7 @@ def write_report(args, rows: list[dict], meta_batch: int, parameters: int, secon
                      f"{r['speedup']:.2f}× | {100 * r['comm_share']:.1f}% | {r['allreduce_bytes'] / 1024:.0f} | "
                      f"{r['first_loss_diff']:.1e} | {r['iterations_agreeing']} | {r['max_param_diff']:.1e} | "
                      f"{r['load1_before_after'][0]:.2f} / {r['load1_before_after'][1]:.2f} |")
-    lines += ["", "## Projection for N processes / GPUs", "", *projection(rows, meta_batch, parameters)]
+    lines += ["", *ceiling, "", "## Projection for N processes / GPUs", "", *projection(rows, meta_batch, parameters)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "iters": args.iters, "warmup": args.warmup,
@@ -215,9 +240,10 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         runs = {run: launch(args, *run, Path(scratch)) for run in RUNS}
+        ceiling = machine_ceiling(args, Path(scratch), runs[RUNS[0]])
     meta_batch = runs[RUNS[0]]["meta_batch"]
     parameters = sum(v.numel() for v in runs[RUNS[0]]["params"].values() if v.is_floating_point())
-    write_report(args, summarise(args, runs), meta_batch, parameters, time.perf_counter() - start)
+    write_report(args, summarise(args, runs), ceiling, meta_batch, parameters, time.perf_counter() - start)
 
 
 if __name__ == "__main__":
