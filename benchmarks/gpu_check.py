@@ -7,14 +7,16 @@ One file for a session that has a GPU lent for a few minutes (≤ 10 min on one 
    tests/zoo.py plus the paper's full-size networks (sinusoid MLP 1-40-40-1, Omniglot conv 4×64,
    Omniglot MLP, MiniImagenet conv 4×32 at 84×84), second and first order, vmap and loop paths;
 2. times one meta-iteration (zero_grad + meta-gradient + Adam step, `MetaLearner.step`) of the
-   sinusoid preset (25 tasks) and of Omniglot 5-way 1-shot (32 tasks; real data when found, else
-   random images of the same shape), eager and `torch.compile`d, float32, with CUDA synchronised
-   around every timed block;
+   sinusoid preset (25 tasks), Omniglot 5-way and 20-way 1-shot (real data when found, else random
+   images of the same shape) and MiniImagenet 5-way 1-shot (random 84×84 images), tasks vmapped and
+   looped, float32, with CUDA synchronised around every timed block; the sinusoid and Omniglot
+   5-way also `torch.compile`d, last, since compiling can take minutes;
 3. runs the training path end to end: `mamlkit train sinusoid --device <device>` for a few
    iterations, then resumes that run on the CPU (a checkpoint written on the device loads on the
    CPU), and `torchrun --nproc-per-node 1` (NCCL on CUDA, gloo on CPU).
 
-It writes a markdown table and a JSON file and exits non-zero when a check fails.
+It writes a markdown table and a JSON file after every section (a run cut off by a time limit
+still leaves its report) and exits non-zero when a check fails.
 
     python benchmarks/gpu_check.py                              # on a GPU machine: benchmarks/results/gpu_check.md
     python benchmarks/gpu_check.py --device cpu --quick --compile sinusoid   # the same script on a CPU, in $TMPDIR
@@ -144,42 +146,55 @@ def sinusoid_batches(config, device, n=8):
                                                      batch_generator(0, i))[:4]) for i in range(n)]
 
 
-def omniglot_batches(config, device, n=8) -> tuple[list, str]:
-    if Path(config.data).exists():
+def fewshot_batches(config, device, n=8) -> tuple[list, str]:
+    """Real Omniglot episodes when the data is found; else random images of the preset's shape."""
+    if config.dataset == "omniglot" and Path(config.data).exists():
         sampler = fewshot.load_samplers(config)["train"]
         batches = [sampler.sample(config.meta_batch, batch_generator(0, i)) for i in range(n)]
-        source = f"real Omniglot ({config.data})"
+        source = "real Omniglot"
     else:
         g = torch.Generator().manual_seed(0)
-        shape = (config.meta_batch, config.ways * config.shots, 1, 28, 28)
+        shape = (config.meta_batch, config.ways * config.shots) + ((3, 84, 84) if config.dataset == "miniimagenet"
+                                                                    else (1, 28, 28))
         labels = torch.arange(config.ways).repeat_interleave(config.shots).expand(config.meta_batch, -1)
         batches = [(torch.rand(shape, generator=g), labels, torch.rand(shape, generator=g), labels) for _ in range(n)]
-        source = "random 28×28 images (Omniglot not found)"
+        source = "random images"
     return [tuple(t.to(device) for t in b) for b in batches], source
 
 
-def timings(args) -> tuple[list[dict], str]:
+FEWSHOT_WORKLOADS = {  # preset: the row's name
+    "omniglot-5w1s": "omniglot 5w1s, 32 tasks, conv 4×64",
+    "omniglot-20w1s": "omniglot 20w1s, 16 tasks, conv 4×64",
+    "miniimagenet-5w1s": "miniimagenet 5w1s, 4 tasks, 5 inner steps, conv 4×32 at 84×84",
+}
+
+
+def timings(args, compiled: bool) -> list[dict]:
+    """Eager rows time both task batchings (vmap and a Python loop), to pick per workload; compiled
+    rows (vmap only) run last, since compiling a conv net's step can take minutes."""
     warmup, iters = (1, 3) if args.quick else (5, 20)
+    mode = "compiled" if compiled else "eager"
     rows = []
-    for compiled in (False, True):
-        if compiled and args.compile == "none":
-            continue
-        learner, config = sinusoid_learner(args.device, compiled)
-        rows.append({"workload": "sinusoid 25 tasks, K=10", "mode": "compiled" if compiled else "eager",
-                     **time_steps(learner, sinusoid_batches(config, args.device), args.device, warmup, iters)})
-        print(f"time {rows[-1]}", flush=True)
-    config = dataclasses.replace(get_preset("omniglot-5w1s").config, data=str(args.data), device=str(args.device))
-    batches, source = omniglot_batches(config, args.device)
-    for compiled in (False, True):
-        if compiled and args.compile != "all":
-            continue
-        config_c = dataclasses.replace(config, compile="on" if compiled else "off")
-        model = fewshot.build_model(config_c)
-        learner = MetaLearner(fewshot.make_maml(config_c, model), torch.optim.Adam(model.parameters(), lr=1e-3))
-        rows.append({"workload": "omniglot 5w1s 32 tasks, conv 4×64", "mode": "compiled" if compiled else "eager",
+
+    def record(workload, batching, learner, batches, source):
+        rows.append({"workload": workload, "mode": mode, "batching": batching, "data": source,
                      **time_steps(learner, batches, args.device, warmup, iters)})
         print(f"time {rows[-1]}", flush=True)
-    return rows, source
+
+    if not compiled or args.compile != "none":
+        learner, config = sinusoid_learner(args.device, compiled)
+        record("sinusoid 25 tasks, K=10", "vmap", learner, sinusoid_batches(config, args.device), "sampled")
+    for preset, workload in FEWSHOT_WORKLOADS.items():
+        if compiled and (args.compile != "all" or preset != "omniglot-5w1s"):
+            continue
+        for batching in ("vmap",) if compiled else ("vmap", "loop"):
+            config = dataclasses.replace(get_preset(preset).config, data=str(args.data), device=str(args.device),
+                                         compile="on" if compiled else "off", batching=batching)
+            batches, source = fewshot_batches(config, args.device)
+            model = fewshot.build_model(config)
+            learner = MetaLearner(fewshot.make_maml(config, model), torch.optim.Adam(model.parameters(), lr=1e-3))
+            record(workload, batching, learner, batches, source)
+    return rows
 
 
 # -- 3. the training path end to end -----------------------------------------------------------------
@@ -219,44 +234,51 @@ def device_name(device: torch.device) -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def write_report(args, grads, times, source, paths, seconds) -> bool:
+def write_report(args, grads, times, paths, seconds, finished=True) -> bool:
     passed = all(r["ok"] for r in grads) and all(r["ok"] for r in paths)
+    verdict = ("PASS" if passed else "FAIL") if finished else f"incomplete, {'no failure' if passed else 'FAIL'} so far"
     lines = ["# GPU check: exact meta-gradients on the device, meta-iteration times, training path", "",
              f"- command: `python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`".rstrip(),
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all; "
              f"load average {os.getloadavg()[0]:.2f}",
              f"- device: {device_name(args.device)}; torch {torch.__version__}, Python {platform.python_version()}",
-             f"- result: {'PASS' if passed else 'FAIL'}", "",
+             f"- result: {verdict}", "",
              f"## Meta-gradients on {args.device.type} (float64) vs the CPU reference loop (tests/reference.py)", "",
              f"2 inner steps, α = 0.3; pass: relative error < {TOLERANCE:g}.", "",
              "| model | order | path | rel error | ok |", "|---|---|---|---:|---|"]
     lines += [f"| {r['model']} | {r['order']} | {r['batching']} | {r['rel_error']:.1e} | {'yes' if r['ok'] else 'NO'} |"
               for r in grads]
     lines += ["", f"## One meta-iteration on {args.device.type} (float32; MetaLearner.step: zero_grad, meta-gradient, "
-              "Adam)", "", f"Omniglot data: {source}. ms: median (min) of 3 timed blocks after warm-up; first call "
+              "Adam)", "", f"Omniglot data: {args.data}. ms: median (min) of 3 timed blocks after warm-up; first call "
               "includes compilation.", "",
-              "| workload | mode | ms/iter median (min) | first call s |", "|---|---|---:|---:|"]
-    lines += [f"| {r['workload']} | {r['mode']} | {r['ms_median']:.2f} ({r['ms_min']:.2f}) | {r['first_call_s']:.1f} |"
-              for r in times]
+              "| workload | data | mode | tasks by | ms/iter median (min) | first call s |",
+              "|---|---|---|---|---:|---:|"]
+    lines += [f"| {r['workload']} | {r['data']} | {r['mode']} | {r['batching']} | {r['ms_median']:.2f} "
+              f"({r['ms_min']:.2f}) | {r['first_call_s']:.1f} |" for r in times]
     lines += ["", "## Training path", "", "| check | ok | s | error |", "|---|---|---:|---|"]
     lines += [f"| {r['check']} | {'yes' if r['ok'] else 'NO'} | {r['s']:.1f} | {' '.join(r['error'])} |" for r in paths]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
-        {"device": device_name(args.device), "passed": passed, "gradients": grads, "timings": times,
-         "omniglot_data": source, "training_path": paths}, indent=2) + "\n")
-    print("\n".join(lines))
+        {"device": device_name(args.device), "passed": passed, "finished": finished, "gradients": grads,
+         "timings": times, "omniglot_data": str(args.data), "training_path": paths}, indent=2) + "\n")
+    if finished:
+        print("\n".join(lines))
     print(f"\nwritten: {args.out} and {args.out.with_suffix('.json')}")
     return passed
 
 
 def main() -> int:
+    """Writes the report after every section, so a run cut off by its time limit still leaves one."""
     args = parse_args()
     start = time.perf_counter()
     grads = gradient_checks(args.device)
-    times, source = timings(args)
+    write_report(args, grads, [], [], time.perf_counter() - start, finished=False)
+    times = timings(args, compiled=False)
     paths = training_path(args.device)
-    return 0 if write_report(args, grads, times, source, paths, time.perf_counter() - start) else 1
+    write_report(args, grads, times, paths, time.perf_counter() - start, finished=False)
+    times += timings(args, compiled=True)
+    return 0 if write_report(args, grads, times, paths, time.perf_counter() - start) else 1
 
 
 if __name__ == "__main__":
