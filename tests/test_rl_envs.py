@@ -56,6 +56,16 @@ def test_env_with_image_observations_is_refused_with_the_fix():
         GymTasks(Image, direction, horizon=5)
 
 
+def test_directions_are_stratified_and_each_a_fair_coin():
+    g = torch.Generator().manual_seed(0)
+    batches = torch.stack([direction(10, g) for _ in range(400)])
+    assert set(batches.unique().tolist()) == {-1.0, 1.0}
+    assert (batches.sum(dim=1) == 0).all()  # exactly 5 forward, 5 backward in every batch
+    assert batches.mean(dim=0).abs().max() < 0.2  # no position leans one way (±4 standard errors)
+    odd = torch.stack([direction(5, g) for _ in range(400)]).sum(dim=1)
+    assert set(odd.tolist()) == {-1.0, 1.0} and abs(odd.mean()) < 0.2  # the odd one out is either
+
+
 @pytest.mark.parametrize("name", ["cheetah-dir", "cheetah-vel"])
 def test_cheetah_rewards_are_the_papers(name):
     env = make_mujoco_tasks(name, horizon=5, backend="gym")
