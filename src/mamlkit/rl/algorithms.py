@@ -75,7 +75,10 @@ class MetaObjective:
         return task_distribution(self.policy, self.adapted(params, batch), batch.post.obs)
 
     def __call__(self, params: Params, batch: MetaBatch) -> tuple[Tensor, Tensor]:
-        mean, log_std = self.distribution(params, batch)
+        return self.surrogate_and_kl(self.distribution(params, batch), batch)
+
+    def surrogate_and_kl(self, distribution: tuple[Tensor, Tensor], batch: MetaBatch) -> tuple[Tensor, Tensor]:
+        mean, log_std = distribution
         post, mask = batch.post, batch.post.mask
         count = mask.sum((1, 2))
         ratio = torch.exp(gaussian_log_prob(mean, log_std, post.actions) - batch.old_log_prob)
@@ -83,17 +86,22 @@ class MetaObjective:
         kl = ((gaussian_kl(batch.old_mean, batch.old_log_std, mean, log_std) * mask).sum((1, 2)) / count).mean()
         return loss, kl
 
-    def fisher_product(self, params: Params, batch: MetaBatch) -> Callable[[Tensor], Tensor]:
-        """v ↦ F v with F = Jᵀ M J the Hessian of the mean KL at the collecting parameters: J the
-        Jacobian of the adapted policies' (mean, log σ) on the post-update data with respect to θ
-        (through the inner step), M the Gaussians' Fisher (1/σ² and 2) weighted as the KL is. There
-        the KL's own gradient vanishes, so this is exact, and it needs one order of differentiation
-        less than differentiating the KL's gradient again."""
+    def linearise(self, params: Params, batch: MetaBatch) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """At the collecting parameters, from one pass through the inner step: record the collecting
+        policy's terms in ``batch``, and return the surrogate (with its graph) and v ↦ F v.
+
+        F = Jᵀ M J is the Hessian of the mean KL there: J the Jacobian of the adapted policies'
+        (mean, log σ) on the post-update data with respect to θ (through the inner step), M the
+        Gaussians' Fisher (1/σ² and 2) weighted as the KL is. At the collecting parameters the KL's
+        own gradient vanishes, so this is exact, and it needs one order of differentiation less
+        than differentiating the KL's gradient again."""
         outputs = self.distribution(params, batch)
+        record_collecting_policy(batch, *(o.detach() for o in outputs))
         mask = batch.post.mask
         weights = (mask / mask.sum((1, 2), keepdim=True) / mask.shape[0])[..., None]
-        metric = [weights * m for m in gaussian_fisher_diagonal(*(o.detach() for o in outputs))]
-        return gauss_newton_product(outputs, list(params.values()), metric)
+        metric = [weights * m for m in gaussian_fisher_diagonal(batch.old_mean, batch.old_log_std)]
+        loss, _ = self.surrogate_and_kl(outputs, batch)
+        return loss, gauss_newton_product(outputs, list(params.values()), metric)
 
 
 def gauss_newton_product(outputs: tuple[Tensor, ...], leaves: list[Tensor], metric: list[Tensor]) -> Callable[[Tensor], Tensor]:
@@ -114,12 +122,10 @@ def flat(tensors) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def old_policy_terms(objective: MetaObjective, params: Params, batch: MetaBatch) -> MetaBatch:
-    """Fill in the collecting policy's log-probabilities and distributions (constants for TRPO)."""
-    mean, log_std = objective.distribution(params, batch)
-    batch.old_mean, batch.old_log_std = mean.detach(), log_std.detach()
-    batch.old_log_prob = gaussian_log_prob(batch.old_mean, batch.old_log_std, batch.post.actions)
-    return batch
+def record_collecting_policy(batch: MetaBatch, mean: Tensor, log_std: Tensor) -> None:
+    """The collecting policy's distributions and log-probabilities: constants of the TRPO step."""
+    batch.old_mean, batch.old_log_std = mean, log_std
+    batch.old_log_prob = gaussian_log_prob(mean, log_std, batch.post.actions)
 
 
 def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10,
@@ -151,16 +157,16 @@ class TRPOSettings:
 
 
 def trpo_step(params: Params, objective: Callable[[Params], tuple[Tensor, Tensor]],
-              fisher_product: Callable[[Params], Callable[[Tensor], Tensor]],
+              linearise: Callable[[Params], tuple[Tensor, Callable[[Tensor], Tensor]]],
               settings: TRPOSettings) -> dict[str, float]:
     """One TRPO update of ``params`` (leaf tensors, changed in place): natural-gradient direction by
-    conjugate gradient on exact Fisher-vector products (``fisher_product(params)`` gives v ↦ F v,
-    the KL's Hessian at the collecting policy), scaled to the KL bound, then a backtracking line
-    search that accepts only a lower surrogate within the bound."""
+    conjugate gradient on exact Fisher-vector products (``linearise(params)`` gives the surrogate
+    with its graph and v ↦ F v, the KL's Hessian at the collecting policy), scaled to the KL bound,
+    then a backtracking line search on ``objective`` (surrogate, KL) that accepts only a lower
+    surrogate within the bound."""
     names, leaves = list(params), list(params.values())
-    loss, _ = objective(params)
-    grad = flat(torch.autograd.grad(loss, leaves))
-    fisher = fisher_product(params)
+    loss, fisher = linearise(params)
+    grad = flat(torch.autograd.grad(loss, leaves, retain_graph=True))
 
     def hvp(v: Tensor) -> Tensor:
         return fisher(v) + settings.cg_damping * v

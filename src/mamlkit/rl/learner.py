@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from mamlkit.rl.advantages import advantages
-from mamlkit.rl.algorithms import MetaBatch, MetaObjective, TRPOSettings, old_policy_terms, trpo_step
+from mamlkit.rl.algorithms import MetaBatch, MetaObjective, TRPOSettings, trpo_step
 from mamlkit.rl.envs import TaskEnv
 from mamlkit.rl.policy import GaussianPolicy
 from mamlkit.rl.sampler import per_task, sample
@@ -33,14 +33,11 @@ class MetaRLLearner:
         params = self.policy.params()
         pre = sample(self.env, self.policy, per_task(params, len(tasks)), tasks, self.trajectories, generator)
         if self.objective.inner_lr is None:
-            batch = MetaBatch(None, None, pre, self.advantages(pre), None, None, None)
-        else:
-            pre_adv = self.advantages(pre)
-            adapted = self.objective.adapted(params, MetaBatch(pre, pre_adv, pre, pre_adv, None, None, None))
-            post = sample(self.env, self.policy, adapted, tasks, self.trajectories, generator)
-            batch = MetaBatch(pre, pre_adv, post, self.advantages(post), None, None, None)
-        with torch.no_grad():
-            return old_policy_terms(self.objective, params, batch)
+            return MetaBatch(None, None, pre, self.advantages(pre), None, None, None)
+        pre_adv = self.advantages(pre)
+        adapted = self.objective.adapted(params, MetaBatch(pre, pre_adv, pre, pre_adv, None, None, None))
+        post = sample(self.env, self.policy, adapted, tasks, self.trajectories, generator)
+        return MetaBatch(pre, pre_adv, post, self.advantages(post), None, None, None)
 
     def step(self, batch) -> dict[str, float]:
         tasks, seed = batch
@@ -49,7 +46,7 @@ class MetaRLLearner:
         meta_batch = self.collect(tasks, generator)
         sampled, cpu_sampled = time.perf_counter(), time.process_time()
         info = trpo_step(self.policy.params(), lambda p: self.objective(p, meta_batch),
-                         lambda p: self.objective.fisher_product(p, meta_batch), self.trpo)
+                         lambda p: self.objective.linearise(p, meta_batch), self.trpo)
         done, cpu_done = time.perf_counter(), time.process_time()
         returns = {"return_post": meta_batch.post.returns().mean().item()}
         if meta_batch.pre is not None:
