@@ -70,9 +70,9 @@ for _name, (_config, _summary) in list(_RL.items()):
         PRESETS[f"{_name}-fo"] = Preset(rl, replace(_config, first_order=True), f"{_summary}; first-order")
     if _name not in ("2dnav", "2dnav-30min"):
         PRESETS[f"{_name}-small"] = Preset(
-            rl, replace(_config, meta_batch=10, trajectories=10, iterations=1000, eval_tasks=20, time_limit=55.0,
+            rl, replace(_config, meta_batch=10, iterations=1000, eval_tasks=20, time_limit=55.0,
                         validation_tasks=10, validate_every=25),
-            f"{_summary.split(':')[0]} at a CPU scale: 10 tasks × 10 trajectories, 55 min of training")
+            f"{_summary.split(':')[0]} at a CPU scale: 10 tasks × 20 trajectories, 55 min of training")
 
 
 def get_preset(name: str) -> Preset:
