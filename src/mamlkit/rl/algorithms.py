@@ -49,7 +49,8 @@ def adapt_tasks(policy: GaussianPolicy, params: Params, episodes: Episodes, adv:
 @dataclass
 class MetaBatch:
     """What the outer step needs: pre-update data (for the inner step) and post-update data with
-    the log-probabilities and action distributions of the policy that collected it."""
+    the log-probabilities and action distributions of the policy that collected it (the ``old_*``
+    fields, filled in by ``MetaObjective.linearise``)."""
     pre: Episodes | None
     pre_adv: Tensor | None
     post: Episodes

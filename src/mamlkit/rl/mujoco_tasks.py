@@ -91,7 +91,8 @@ def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> Ten
 def direction(n: int, generator: torch.Generator) -> Tensor:
     """+1 (forward) or −1 (backward), half of the ``n`` tasks each in random order (the odd one out
     of an odd ``n`` at random). Each task is still a fair coin, but a small meta-batch no longer
-    draws, say, 7 backward and 3 forward: unstratified, the init drifted towards one direction."""
+    draws, say, 7 backward and 3 forward: every meta-gradient, validation and test set weighs both
+    directions equally."""
     first = 1.0 - 2.0 * torch.randint(2, (), generator=generator)
     alternating = first * (-1.0) ** torch.arange(n)
     return alternating[torch.randperm(n, generator=generator)]
