@@ -187,10 +187,11 @@ def timings(args, compiled: bool) -> list[dict]:
     for preset, workload in FEWSHOT_WORKLOADS.items():
         if compiled and (args.compile != "all" or preset != "omniglot-5w1s"):
             continue
+        config = dataclasses.replace(get_preset(preset).config, data=str(args.data), device=str(args.device),
+                                     compile="on" if compiled else "off")
+        batches, source = fewshot_batches(config, args.device)  # the same episodes for both batchings
         for batching in ("vmap",) if compiled else ("vmap", "loop"):
-            config = dataclasses.replace(get_preset(preset).config, data=str(args.data), device=str(args.device),
-                                         compile="on" if compiled else "off", batching=batching)
-            batches, source = fewshot_batches(config, args.device)
+            config = dataclasses.replace(config, batching=batching)
             model = fewshot.build_model(config)
             learner = MetaLearner(fewshot.make_maml(config, model), torch.optim.Adam(model.parameters(), lr=1e-3))
             record(workload, batching, learner, batches, source)
