@@ -43,6 +43,16 @@ _FEWSHOT = {
     "miniimagenet-5w5s": (replace(_MINIIMAGENET, shots=5, meta_batch=2),
                           "MiniImagenet 5-way 5-shot, 2 tasks (paper 63.11%)"),
 }
+# Your own images (docs/own-data.md): the Omniglot protocol on any DIR/<class>/*.png tree.
+_IMAGES = replace(_OMNIGLOT, dataset="images", data="data/images")
+_FEWSHOT.update({
+    "images": (_IMAGES, "your image folder (--data DIR, DIR/<class>/*.png): 5-way 1-shot, Omniglot's conv and α"),
+    "images-5w5s": (replace(_IMAGES, shots=5, queries=5), "your image folder, 5-way 5-shot"),
+    "images-20w1s": (replace(_FEWSHOT["omniglot-20w1s"][0], dataset="images", data="data/images"),
+                     "your image folder, 20-way 1-shot, α=0.1, 5→5 steps, 16 tasks"),
+    "images-20w5s": (replace(_FEWSHOT["omniglot-20w5s"][0], dataset="images", data="data/images"),
+                     "your image folder, 20-way 5-shot"),
+})
 for _name, (_config, _summary) in _FEWSHOT.items():
     PRESETS[_name] = Preset(fewshot, _config, _summary)
     if not _name.endswith("-mlp"):

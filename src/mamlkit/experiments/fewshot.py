@@ -1,4 +1,5 @@
-"""Few-shot image classification (paper §5.2, Table 1): Omniglot and MiniImagenet.
+"""Few-shot image classification (paper §5.2, Table 1): Omniglot, MiniImagenet and any folder of
+class folders (``mamlkit train images --data DIR``).
 
 The protocol is code, not a convention: the checkpoint is chosen on validation accuracy (never an
 ensemble), the test set is 600 tasks of classes never seen in training, and accuracy is reported
@@ -32,11 +33,17 @@ VALIDATION_SEED, TEST_SEED = 1, 2  # fixed task sets, the same for every run
 
 @dataclass
 class FewShotConfig:
-    dataset: str = "omniglot"  # omniglot | miniimagenet
+    dataset: str = "omniglot"  # omniglot | miniimagenet | images (any DIR/<class>/*.png tree, docs/own-data.md)
     data: str = "data/omniglot"
     download: bool = False
     split: str = "paper"  # Omniglot: paper (1200 train characters) | vinyals
     model: str = "conv"  # conv | mlp (Omniglot's no-convolution baseline)
+    image_size: int = 28  # images: side in pixels every image is resized to
+    channels: int = 1  # images: 1 (grayscale) or 3 (RGB)
+    rotations: bool = False  # images: turn each class of a task by a random multiple of 90° (Omniglot always does)
+    split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)  # images: train, val, test shares of the classes
+    split_seed: int = 1  # images: seed of the class shuffle that split_fractions cut
+    split_files: str = ""  # images: folder with train.txt, val.txt, test.txt naming each split's classes
     ways: int = 5
     shots: int = 1
     queries: int = 1
@@ -68,13 +75,16 @@ class FewShotConfig:
     def __post_init__(self):
         check_config(self, whole=("inner_steps", "eval_inner_steps", "iterations", "workers"),
                      positive=("ways", "shots", "queries", "meta_batch", "validate_every", "validation_tasks",
-                               "eval_tasks", "eval_chunk", "checkpoint_every", "log_every", "threads"),
+                               "eval_tasks", "eval_chunk", "checkpoint_every", "log_every", "threads",
+                               "image_size"),
                      rates=("inner_lr", "meta_lr"),
-                     choices={"dataset": ("omniglot", "miniimagenet"), "model": ("conv", "mlp"),
+                     choices={"dataset": ("omniglot", "miniimagenet", "images"), "model": ("conv", "mlp"),
                               "loss_scale": ("official", "mean"), "compile": ("on", "off"),
                               "split": ("paper", "vinyals"), "batching": ("auto", "vmap", "loop"),
                               "device": distributed.DEVICES, "algo": tuple(ALGORITHMS)})
-        if self.model == "mlp" and self.dataset != "omniglot":
+        if self.channels not in (1, 3):
+            raise MamlkitError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if self.model == "mlp" and self.dataset == "miniimagenet":
             raise MamlkitError("the no-convolution MLP is Omniglot's baseline; use --model conv for MiniImagenet")
 
 
@@ -97,6 +107,9 @@ def build_model(config: FewShotConfig) -> torch.nn.Module:
     torch.manual_seed(config.seed)
     if config.dataset == "miniimagenet":
         model = miniimagenet_conv(config.ways)
+    elif config.dataset == "images":  # Omniglot's networks: global mean pooling fits any image size
+        model = (omniglot_conv(config.ways, channels=config.channels) if config.model == "conv"
+                 else omniglot_mlp(config.ways, pixels=config.channels * config.image_size ** 2))
     else:
         model = omniglot_conv(config.ways) if config.model == "conv" else omniglot_mlp(config.ways)
     return model.to(distributed.resolve_device(config.device))
@@ -111,9 +124,17 @@ def make_maml(config: FewShotConfig, model) -> MAML:
 
 def load_samplers(config: FewShotConfig) -> dict[str, EpisodeSampler]:
     """Episode samplers over the train / validation / test classes of the configured data set."""
-    def sampler(images, classes, rotations):
-        return EpisodeSampler(images, classes, config.ways, config.shots, config.queries, rotations=rotations)
+    def sampler(images, classes, rotations, counts=None, names=None):
+        return EpisodeSampler(images, classes, config.ways, config.shots, config.queries, rotations=rotations,
+                              counts=counts, names=names)
 
+    if config.dataset == "images":
+        from mamlkit.tasks.image_folder import load_image_folder
+        from mamlkit.tasks.splits import split_names
+        data = load_image_folder(config.data, config.image_size, config.channels)
+        splits = split_names(data.names, config.split_fractions, config.split_seed, config.split_files)
+        return {name: sampler(data.images, classes, config.rotations, data.counts, data.names)
+                for name, classes in zip(("train", "val", "test"), splits)}
     if config.dataset == "omniglot":
         from mamlkit.tasks.omniglot import download_omniglot, load_omniglot, omniglot_split
         if config.download:
@@ -128,6 +149,17 @@ def load_samplers(config: FewShotConfig) -> dict[str, EpisodeSampler]:
         data = load_miniimagenet(config.data, name)
         samplers[name] = sampler(data.images, range(len(data.names)), rotations=False)
     return samplers
+
+
+def image_decoder(config: FewShotConfig):
+    """How the run's data set reads one image file (uint8 [C, H, W]): new tasks are read the same way."""
+    if config.dataset == "omniglot":
+        from mamlkit.tasks.omniglot import decode_file
+        return decode_file
+    from mamlkit.tasks.image_folder import image_decoder as folder_decoder
+    from mamlkit.tasks.miniimagenet import SIZE
+    return folder_decoder(SIZE, 3) if config.dataset == "miniimagenet" else folder_decoder(config.image_size,
+                                                                                              config.channels)
 
 
 def fixed_tasks(sampler: EpisodeSampler, count: int, seed: int, device: torch.device | str = "cpu") -> tuple:
@@ -174,13 +206,19 @@ def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
     return evaluate(config, run_dir, samplers)
 
 
+def load_trained(config: FewShotConfig, run_dir: Path) -> tuple[MAML, dict]:
+    """The meta-learner of the run's best-on-validation checkpoint, and that checkpoint."""
+    state = distributed.from_main(lambda: load_latest_checkpoint(Path(run_dir) / "best")[0])
+    maml = make_maml(config, build_model(config))
+    maml.load_state_dict(state["model"])
+    return maml, state
+
+
 def evaluate(config: FewShotConfig, run_dir: Path, samplers: dict | None = None) -> dict:
     """Test accuracy of the best-on-validation checkpoint: table, results.json, learning curve."""
     torch.set_num_threads(config.threads)
     samplers = samplers or load_samplers(config)
-    state = distributed.from_main(lambda: load_latest_checkpoint(Path(run_dir) / "best")[0])
-    maml = make_maml(config, build_model(config))
-    maml.load_state_dict(state["model"])
+    maml, state = load_trained(config, run_dir)
     test = fixed_tasks(samplers["test"], config.eval_tasks, TEST_SEED, distributed.resolve_device(config.device))
     curves = accuracy_curves(maml, test, config.eval_chunk).cpu()
     mean, ci = mean_and_ci95(curves * 100)

@@ -21,10 +21,13 @@ class EpisodeSampler:
     classes in random order (so label ``i`` goes to a random class), and ``shots + queries``
     distinct images of each. With ``rotations=True`` each class of a task is turned by one random
     multiple of 90 degrees, as the official MAML code does to make 4x more Omniglot classes.
+    Where classes differ in size, ``counts[c]`` says how many of ``images[c]`` are real (the rest
+    is padding, never drawn); ``names`` name classes in errors.
     """
 
     def __init__(self, images: torch.Tensor, classes: Sequence[int] | torch.Tensor, ways: int,
-                 shots: int, queries: int, rotations: bool = False):
+                 shots: int, queries: int, rotations: bool = False,
+                 counts: Sequence[int] | torch.Tensor | None = None, names: Sequence[str] | None = None):
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 5:
             raise MamlkitError("episode images must be a uint8 tensor [classes, per_class, C, H, W]"
                                ": load them with a mamlkit.tasks loader")
@@ -42,7 +45,15 @@ class EpisodeSampler:
         if ways > classes.numel():
             raise MamlkitError(f"{ways}-way tasks need at least {ways} classes but this split has "
                                f"{classes.numel()}: lower --ways or use a larger split")
-        if shots + queries > per_class:
+        if counts is not None:
+            counts = torch.as_tensor(counts, dtype=torch.int64)
+            for c in classes.tolist():
+                if counts[c] < shots + queries:
+                    name = names[c] if names is not None else f"index {c}"
+                    raise MamlkitError(f"class {name} has {counts[c]} images, fewer than {shots} shots + "
+                                       f"{queries} queries: add images to it, remove it, or lower --shots "
+                                       "or --queries")
+        elif shots + queries > per_class:
             raise MamlkitError(f"{shots} shots + {queries} queries need {shots + queries} images "
                                f"per class but each class has {per_class}: lower --shots or "
                                "--queries")
@@ -51,6 +62,7 @@ class EpisodeSampler:
                                "turn rotations off for this data set")
         self.images, self.classes = images, classes
         self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
+        self.counts = counts
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
         """Returns support_x [T, N*K, C, H, W] float32 in [0, 1], support_y [T, N*K] int64,
@@ -65,6 +77,8 @@ class EpisodeSampler:
         classes = self.classes[keys.topk(ways, dim=1).indices]  # [T, N]; label i is column i
         keys = torch.rand(num_tasks, ways, self.images.shape[1], generator=generator,
                           dtype=torch.float64)
+        if self.counts is not None:  # padding gets key -1, below every real image's
+            keys.masked_fill_(torch.arange(keys.shape[2]) >= self.counts[classes][..., None], -1.0)
         which = keys.topk(per_task, dim=2).indices  # [T, N, K+Q], distinct within a class
         x = self.images[classes[:, :, None], which]  # [T, N, K+Q, C, H, W]
         if self.rotations:

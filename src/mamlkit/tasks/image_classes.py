@@ -16,6 +16,7 @@ class ImageClasses:
 
     images: torch.Tensor  # uint8 [num_classes, per_class, channels, height, width]
     names: list[str]  # names[c] labels images[c]
+    counts: torch.Tensor | None = None  # images[c, :counts[c]] are real where classes differ in size (padded)
 
 
 def user_cache_dir(root: Path) -> Path:

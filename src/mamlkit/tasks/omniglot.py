@@ -190,6 +190,11 @@ def _decode_png(data: bytes, where: str) -> np.ndarray:
     return np.where(small, 0, 255).astype(np.uint8)  # ink is black (False) in the PNGs
 
 
+def decode_file(path: Path) -> np.ndarray:
+    """One original 105x105 Omniglot PNG as the loader reads it, uint8 [1, 28, 28] (for new tasks)."""
+    return _decode_png(Path(path).read_bytes(), str(path))[None]
+
+
 def _read_cache(path: Path) -> ImageClasses | None:
     """The cached data set, or None when the cache is missing or damaged."""
     try:

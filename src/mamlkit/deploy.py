@@ -1,0 +1,135 @@
+"""Use a trained run on a new task: ``adapt_run`` adapts its model to a labelled support set and
+exports the weights; ``predict_run`` adapts and labels a query set (docs/own-data.md).
+
+The exported file is the model's plain ``state_dict`` with the adapted parameters in place of the
+meta-learned ones: ``torch.load`` (or ``safetensors.torch.load_file`` for ``.safetensors``) and
+``model.load_state_dict`` in the run's ``nn.Module`` need no mamlkit. Beside it,
+``<file>.json`` names the classes (output ``i`` is ``classes[i]``). Support and query sets are read
+the way the run read its training data: a folder of class folders (the class names are the
+labels; a query may also be a flat folder of unlabelled images) for image runs, a CSV or parquet
+table for table runs.
+"""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from mamlkit.engine.run import config_from_dict, read_run
+from mamlkit.errors import MamlkitError
+from mamlkit.presets import get_preset
+
+
+def adapt_run(run_dir: str | os.PathLike, support_path: str | os.PathLike, steps: int | None = None,
+              out: str | os.PathLike | None = None) -> Path:
+    """Adapt the run's model to the task in ``support_path`` and write its weights to ``out``
+    (``.pt`` or ``.safetensors``; default ``<run_dir>/adapted.pt``); returns the path written."""
+    task = _open(run_dir)
+    params, classes = task.adapt(support_path, steps)
+    path = Path(out) if out is not None else Path(run_dir) / "adapted.pt"
+    _save_state(task.export(params), path)
+    (path.parent / f"{path.name}.json").write_text(json.dumps(
+        {"run": str(run_dir), "support": str(support_path), "steps": task.steps(steps), "classes": classes},
+        indent=2) + "\n")
+    return path
+
+
+def predict_run(run_dir: str | os.PathLike, support_path: str | os.PathLike, query_path: str | os.PathLike,
+                steps: int | None = None, out: str | os.PathLike | None = None) -> dict:
+    """Adapt to ``support_path`` and predict every item of ``query_path`` into a CSV at ``out``
+    (default ``<run_dir>/predictions.csv``): item, prediction, probability (classification) or value
+    (regression), and the label where the query has one. Returns ``{"path", "items"}`` and, for a
+    labelled query, ``"accuracy"`` (a fraction) or ``"mse"``."""
+    task = _open(run_dir)
+    params, classes = task.adapt(support_path, steps)
+    rows, summary = task.predict(params, classes, query_path, steps)
+    path = Path(out) if out is not None else Path(run_dir) / "predictions.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"path": path, "items": len(rows), **summary}
+
+
+def _open(run_dir: str | os.PathLike):
+    """The run's trained model, behind the interface of its kind of data."""
+    preset_name, saved = read_run(Path(run_dir))
+    preset = get_preset(preset_name)
+    config = config_from_dict(type(preset.config), saved)
+    from mamlkit.experiments import fewshot
+    if preset.experiment is fewshot:
+        return _ImageRun(config, Path(run_dir))
+    raise MamlkitError(f"{run_dir} is a {preset_name} run; adapt and predict take few-shot image runs and "
+                       "table runs")
+
+
+def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+
+def adapted_state_dict(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with the adapted ``params`` in place of the parameters they came from
+    (a tied parameter under several names gets its adapted value under each)."""
+    adapted = {id(parameter): params[name] for name, parameter in model.named_parameters() if name in params}
+    return {name: adapted.get(id(tensor), tensor).detach()
+            for name, tensor in model.state_dict(keep_vars=True).items()}
+
+
+class _ImageRun:
+    """A few-shot image run: N class folders in, N-way classifier out."""
+
+    def __init__(self, config, run_dir: Path):
+        from mamlkit.experiments import fewshot
+        self.config = config
+        self.maml, _ = fewshot.load_trained(config, run_dir)
+        self.decode = fewshot.image_decoder(config)
+        self.device = next(self.maml.model.parameters()).device
+
+    def steps(self, steps: int | None) -> int:
+        return self.config.eval_inner_steps if steps is None else steps
+
+    def _read(self, path):
+        from mamlkit.tasks.image_folder import read_images
+        images, labels, items = read_images(path, self.decode)
+        return images.to(self.device, torch.float32).div_(255), labels, items
+
+    def adapt(self, support_path, steps: int | None) -> tuple[dict, list[str]]:
+        x, labels, _ = self._read(support_path)
+        classes = sorted(set(labels or ()))
+        if labels is None or len(classes) != self.config.ways:
+            found = "no class folders" if labels is None else f"{len(classes)} class folders"
+            raise MamlkitError(f"support set {support_path} has {found} but the run classifies {self.config.ways} "
+                               f"ways: give it {self.config.ways} class folders of labelled images")
+        y = torch.tensor([classes.index(label) for label in labels], device=self.device)
+        params = self.maml.adapt(x, y, steps=self.steps(steps))
+        return {name: p.detach() for name, p in params.items()}, classes
+
+    def export(self, params: dict) -> dict[str, torch.Tensor]:
+        return adapted_state_dict(self.maml.model, params)
+
+    @torch.no_grad()
+    def predict(self, params: dict, classes: list[str], query_path, steps: int | None) -> tuple[list[dict], dict]:
+        x, labels, items = self._read(query_path)
+        unknown = sorted(set(labels or ()) - set(classes))
+        if unknown:
+            raise MamlkitError(f"query set {query_path} has classes {unknown} that the support set lacks "
+                               f"({classes}): label the query with the support's class folders")
+        # One forward over the whole query set: transductive BatchNorm sees it as evaluation does.
+        probabilities = self.maml.predict(x, params, step=self.steps(steps)).softmax(dim=-1).cpu()
+        confidence, predicted = probabilities.max(dim=-1)
+        rows = [{"item": item, "prediction": classes[p], "probability": round(c, 6)}
+                for item, p, c in zip(items, predicted.tolist(), confidence.tolist())]
+        if labels is None:
+            return rows, {}
+        for row, label in zip(rows, labels):
+            row["label"] = label
+        return rows, {"accuracy": sum(r["prediction"] == r["label"] for r in rows) / len(rows)}
