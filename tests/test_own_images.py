@@ -153,9 +153,9 @@ model = nn.Sequential(block(1), block(64), block(64), block(64), GlobalMean(), n
 """
 
 
-def plain_torch(model_code: str, weights, inputs) -> torch.Tensor:
-    """Softmax outputs of a model defined in plain torch, loaded from ``weights``, in a process where
-    importing mamlkit fails."""
+def plain_torch(model_code: str, weights, inputs, activation: str = "softmax") -> torch.Tensor:
+    """Softmax (or, with activation="none", raw) outputs of a model defined in plain torch, loaded
+    from ``weights``, in a process where importing mamlkit fails."""
     script = textwrap.dedent("""
         import sys
         sys.modules["mamlkit"] = None  # any import of mamlkit now raises
@@ -170,9 +170,10 @@ def plain_torch(model_code: str, weights, inputs) -> torch.Tensor:
             state = torch.load(path, weights_only=True)
         model.load_state_dict(state)  # strict: every name and shape must match
         with torch.no_grad():
-            print(model(torch.load(sys.argv[2], weights_only=True)).softmax(-1).tolist())
+            output = model(torch.load(sys.argv[2], weights_only=True))
+            print((output.softmax(-1) if sys.argv[3] == "softmax" else output).tolist())
     """).format(model=model_code)
-    done = subprocess.run([sys.executable, "-c", script, str(weights), str(inputs)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script, str(weights), str(inputs), activation], capture_output=True,
                           text=True, check=True)
     return torch.tensor(json.loads(done.stdout))
 

@@ -40,7 +40,7 @@ def predict_run(run_dir: str | os.PathLike, support_path: str | os.PathLike, que
                 steps: int | None = None, out: str | os.PathLike | None = None) -> dict:
     """Adapt to ``support_path`` and predict every item of ``query_path`` into a CSV at ``out``
     (default ``<run_dir>/predictions.csv``): item, prediction, probability (classification) or value
-    (regression), and the label where the query has one. Returns ``{"path", "items"}`` and, for a
+    (regression), and the label or target where the query has one. Returns ``{"path", "items"}`` and, for a
     labelled query, ``"accuracy"`` (a fraction) or ``"mse"``."""
     task = _open(run_dir)
     params, classes = task.adapt(support_path, steps)
@@ -59,11 +59,13 @@ def _open(run_dir: str | os.PathLike):
     preset_name, saved = read_run(Path(run_dir))
     preset = get_preset(preset_name)
     config = config_from_dict(type(preset.config), saved)
-    from mamlkit.experiments import fewshot
+    from mamlkit.experiments import fewshot, own_tasks
     if preset.experiment is fewshot:
         return _ImageRun(config, Path(run_dir))
-    raise MamlkitError(f"{run_dir} is a {preset_name} run; adapt and predict take few-shot image runs and "
-                       "table runs")
+    if preset.experiment is own_tasks and config.data:
+        return _TableRun(config, Path(run_dir))
+    raise MamlkitError(f"{run_dir} is a {preset_name} run; adapt and predict take image and table runs (for "
+                       "your own sampler's runs use the Python API: MAML.adapt and MAML.predict)")
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -132,4 +134,79 @@ class _ImageRun:
             return rows, {}
         for row, label in zip(rows, labels):
             row["label"] = label
+        return rows, {"accuracy": sum(r["prediction"] == r["label"] for r in rows) / len(rows)}
+
+
+class _TableRun:
+    """A table run: one task's rows in (no task column needed), the run's MLP on raw features out."""
+
+    def __init__(self, config, run_dir: Path):
+        from mamlkit.experiments import own_tasks
+        from mamlkit.tasks.table import Scaling
+        self.config = config
+        saved = json.loads((run_dir / own_tasks.TABLE_FILE).read_text())
+        self.features, self.classes = saved.pop("features"), saved.pop("classes")
+        self.scaling = Scaling(**saved)
+        learners, _, _ = own_tasks.load_trained(config, run_dir)
+        self.maml = learners["maml"]
+        self.device = next(self.maml.model.parameters()).device
+
+    def steps(self, steps: int | None) -> int:
+        return self.config.eval_steps if steps is None else steps
+
+    def _read(self, path, labelled: bool | None):
+        """(scaled x, y or None, the file's columns); ``labelled=None``: use the target where present."""
+        from mamlkit.tasks.table import read_columns, read_examples
+        target = self.config.target_column
+        columns = read_columns(path, [target] if labelled else [])
+        x, y = read_examples(columns, path, self.features, target if target in columns else None, self.classes)
+        y = None if y is None else self.scaling.targets(y).to(self.device)
+        return self.scaling.inputs(x).to(self.device), y, columns
+
+    def adapt(self, support_path, steps: int | None) -> tuple[dict, list[str] | None]:
+        x, y, columns = self._read(support_path, labelled=True)
+        tasks = set(map(str, columns.get(self.config.task_column, [None])))
+        if len(tasks) > 1:
+            raise MamlkitError(f"support table {support_path} holds {len(tasks)} tasks (column "
+                               f"{self.config.task_column!r}): give the rows of one task")
+        params = self.maml.adapt(x, y, steps=self.steps(steps))
+        return {name: p.detach() for name, p in params.items()}, self.classes
+
+    def export(self, params: dict) -> dict[str, torch.Tensor]:
+        """The adapted MLP with the scaling folded into its first and last layers: it takes raw features
+        and (regression) returns the target in its units."""
+        state = adapted_state_dict(self.maml.model, params)
+        linear = [name for name, module in self.maml.model.named_modules() if isinstance(module, torch.nn.Linear)]
+        mean, std = (torch.tensor(v, dtype=torch.float32, device=self.device)
+                     for v in (self.scaling.feature_mean, self.scaling.feature_std))
+        first_w, first_b = state[f"{linear[0]}.weight"], state[f"{linear[0]}.bias"]
+        state[f"{linear[0]}.weight"] = first_w / std  # W((x - m) / s) + b = (W / s) x + (b - W m / s)
+        state[f"{linear[0]}.bias"] = first_b - first_w @ (mean / std)
+        if self.classes is None:  # y = f(x) * s_y + m_y
+            last = linear[-1]
+            state[f"{last}.weight"] = state[f"{last}.weight"] * self.scaling.target_std
+            state[f"{last}.bias"] = state[f"{last}.bias"] * self.scaling.target_std + self.scaling.target_mean
+        return state
+
+    @torch.no_grad()
+    def predict(self, params: dict, classes, query_path, steps: int | None) -> tuple[list[dict], dict]:
+        x, y, _ = self._read(query_path, labelled=None)
+        output = self.maml.predict(x, params, step=self.steps(steps)).cpu()
+        if self.classes is None:
+            values = output[:, 0] * self.scaling.target_std + self.scaling.target_mean
+            rows = [{"item": i, "value": round(v, 6)} for i, v in enumerate(values.tolist())]
+        else:
+            confidence, predicted = output.softmax(dim=-1).max(dim=-1)
+            rows = [{"item": i, "prediction": self.classes[p], "probability": round(c, 6)}
+                    for i, (p, c) in enumerate(zip(predicted.tolist(), confidence.tolist()))]
+        if y is None:
+            return rows, {}
+        y = y.cpu()
+        if self.classes is None:
+            truth = y[:, 0] * self.scaling.target_std + self.scaling.target_mean
+            for row, value in zip(rows, truth.tolist()):
+                row["target"] = round(value, 6)
+            return rows, {"mse": ((values - truth) ** 2).mean().item()}
+        for row, label in zip(rows, y.tolist()):
+            row["label"] = self.classes[label]
         return rows, {"accuracy": sum(r["prediction"] == r["label"] for r in rows) / len(rows)}

@@ -6,7 +6,7 @@ from types import ModuleType
 from mamlkit.errors import MamlkitError
 from dataclasses import replace
 
-from mamlkit.experiments import fewshot, rl, sinusoid
+from mamlkit.experiments import fewshot, own_tasks, rl, sinusoid
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,13 @@ PRESETS: dict[str, Preset] = {
     "sinusoid-fo": Preset(sinusoid, sinusoid.SinusoidConfig(first_order=True),
                           "sinusoid regression with first-order MAML"),
 }
+
+# Your own task family (docs/own-data.md): MAML beside a pretrained baseline, as the sinusoid experiment.
+PRESETS["table"] = Preset(own_tasks, own_tasks.TasksConfig(),
+                          "your table of many small tasks (--data FILE.csv|parquet --task-column C --target-column Y)"
+                          ": MLP 40-40, K=10, α=0.01, regression or --problem classification")
+PRESETS["tasks"] = Preset(own_tasks, own_tasks.TasksConfig(),
+                          "your own task sampler (--tasks package.module:function, docs/own-data.md): MLP 40-40, α=0.01")
 
 _OMNIGLOT = fewshot.FewShotConfig()
 _MINIIMAGENET = fewshot.FewShotConfig(dataset="miniimagenet", data="data/miniimagenet", inner_lr=0.01,

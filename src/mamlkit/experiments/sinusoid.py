@@ -74,20 +74,20 @@ def oracle_inputs(batch: SinusoidBatch, x: torch.Tensor) -> torch.Tensor:
 
 
 class JointRegression:
-    """A baseline trained by plain regression on every point of every task in the batch."""
+    """A baseline trained by plain regression (or ``loss_fn``) on every point of every task in the batch."""
 
-    def __init__(self, model, optimizer, inputs=lambda batch, x: x):
-        self.model, self.optimizer, self.inputs = model, optimizer, inputs
+    def __init__(self, model, optimizer, inputs=lambda batch, x: x, loss_fn=F.mse_loss):
+        self.model, self.optimizer, self.inputs, self.loss_fn = model, optimizer, inputs, loss_fn
 
     def step(self, batch: SinusoidBatch) -> dict[str, float]:
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.mse_loss(self.model(self.inputs(batch, x)), y)
+        loss = self.loss_fn(self.model(self.inputs(batch, x)), y)
         loss.backward()
         loss = distributed.average_gradients(list(self.model.parameters()), loss)
         self.optimizer.step()
-        return {"mse": loss}
+        return {"mse" if self.loss_fn is F.mse_loss else "loss": loss}
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -204,14 +204,14 @@ def write_outputs(config: SinusoidConfig, run_dir: Path, learners: dict[str, MAM
     sinusoid_plots.plot_mse_vs_steps(results, Path(run_dir) / "fig3_mse_vs_steps.png")
 
 
-def format_table(results: dict, steps=(0, 1, 2, 5, 10)) -> str:
-    """A markdown table: one row per K and method, MSE ± 95% CI after the given step counts."""
-    shown = [s for s in steps if s < len(next(iter(next(iter(results.values())).values()))["mse"])]
+def format_table(results: dict, steps=(0, 1, 2, 5, 10), metric: str = "mse") -> str:
+    """A markdown table: one row per K and method, the metric ± 95% CI after the given step counts."""
+    shown = [s for s in steps if s < len(next(iter(next(iter(results.values())).values()))[metric])]
     lines = ["| K | method | " + " | ".join(f"{s} steps" for s in shown) + " |",
              "|---|---|" + "---|" * len(shown)]
     for k, methods in results.items():
         for name, row in methods.items():
-            cells = " | ".join(f"{row['mse'][s]:.3f} ± {row['ci95'][s]:.3f}" for s in shown)
+            cells = " | ".join(f"{row[metric][s]:.3f} ± {row['ci95'][s]:.3f}" for s in shown)
             lines.append(f"| {k.split('=')[1]} | {name} | {cells} |")
     return "\n".join(lines)
 

@@ -41,19 +41,19 @@ def plot_adaptation(learners: dict, adapted_predictions, path: Path, shots=(5, 1
     plt.close(figure)
 
 
-def plot_mse_vs_steps(results: dict, path: Path) -> None:
-    """Mean query MSE (± 95% CI) against the number of fine-tuning steps, one panel per K."""
+def plot_mse_vs_steps(results: dict, path: Path, metric: str = "mse") -> None:
+    """Mean query MSE (or ``metric``, ± 95% CI) against the number of fine-tuning steps, one panel per K."""
     figure, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
     colors = {"maml": "tab:green", "pretrained": "tab:blue", "oracle": "tab:gray"}
     for ax, (k, methods) in zip(axes[0], results.items()):
         for name, row in methods.items():
-            mean, ci = torch.tensor(row["mse"]), torch.tensor(row["ci95"])
+            mean, ci = torch.tensor(row[metric]), torch.tensor(row["ci95"])
             steps = torch.arange(len(mean))
             ax.plot(steps, mean, "o-" if name != "oracle" else "--", color=colors.get(name), label=name, ms=3)
             ax.fill_between(steps, mean - ci, mean + ci, color=colors.get(name), alpha=0.2)
-        ax.set_title(f"k-shot regression, {k}")
+        ax.set_title(f"k-shot {'regression' if metric == 'mse' else 'classification'}, {k}")
         ax.set_xlabel("number of gradient steps")
-        ax.set_ylabel("mean squared error")
+        ax.set_ylabel("mean squared error" if metric == "mse" else f"{metric} (%)")
         ax.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
