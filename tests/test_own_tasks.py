@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,24 @@ def test_bad_tables_get_one_line_errors(tmp_path, regression_run):
         adapt_run(run, tmp_path / "nox2.csv")
     with pytest.raises(MamlkitError, match="does not exist"):
         load_table(tmp_path / "missing.csv", "user", "y")
+
+
+def docs_blocks(language: str) -> list[str]:
+    """The ```language code blocks of docs/own-data.md, in order."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "own-data.md").read_text()
+    return [block.split("```")[0] for block in text.split(f"```{language}\n")[1:]]
+
+
+def test_the_documented_examples_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    complete, sampler = docs_blocks("python")[:2]
+    exec(compile(complete, "docs/own-data.md", "exec"), {})
+    printed = next(line for line in capsys.readouterr().out.splitlines() if "item,prediction" in line)
+    accuracy = float(printed.split()[0])
+    assert 0 <= accuracy <= 1 and (tmp_path / "demo" / "adapted.pt").is_file()
+    (tmp_path / "mytasks.py").write_text(sampler)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    command = next(line for line in docs_blocks("bash")[-1].splitlines() if "--tasks" in line).split()
+    assert main([*command[1:], "--iterations", "4", "--eval-tasks", "4", "--validation-tasks", "4",
+                 "--out", "sampler-run"]) == 0
+    assert (tmp_path / "sampler-run" / "results.json").is_file()
