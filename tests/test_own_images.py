@@ -194,6 +194,9 @@ def test_bad_support_and_query_sets_get_one_line_errors(trained, tmp_path):
     with pytest.raises(MamlkitError, match="has no class folders but the run classifies 3 ways"):
         adapt_run(run, flat)
     assert "label" not in next(csv.DictReader(open(predict_run(run, support, flat)["path"])))
+    (flat / "b.png").unlink()
+    with pytest.raises(MamlkitError, match="holds one image, but this model normalises over the images"):
+        predict_run(run, support, flat)
 
 
 def test_bad_image_folders_get_one_line_errors(tmp_path, capsys):

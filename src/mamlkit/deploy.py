@@ -19,6 +19,7 @@ import torch
 
 from mamlkit.engine.run import config_from_dict, read_run
 from mamlkit.errors import MamlkitError
+from mamlkit.models.layers import TransductiveBatchNorm
 from mamlkit.presets import get_preset
 
 
@@ -126,6 +127,9 @@ class _ImageRun:
             raise MamlkitError(f"query set {query_path} has classes {unknown} that the support set lacks "
                                f"({classes}): label the query with the support's class folders")
         # One forward over the whole query set: transductive BatchNorm sees it as evaluation does.
+        if len(items) == 1 and any(isinstance(m, TransductiveBatchNorm) for m in self.maml.model.modules()):
+            raise MamlkitError(f"query set {query_path} holds one image, but this model normalises over the "
+                               "images it is given (transductive BatchNorm, as in evaluation): give it two or more")
         probabilities = self.maml.predict(x, params, step=self.steps(steps)).softmax(dim=-1).cpu()
         confidence, predicted = probabilities.max(dim=-1)
         rows = [{"item": item, "prediction": classes[p], "probability": round(c, 6)}
