@@ -210,3 +210,20 @@ def test_the_documented_examples_run(tmp_path, monkeypatch, capsys):
     assert main([*command[1:], "--iterations", "4", "--eval-tasks", "4", "--validation-tasks", "4",
                  "--out", "sampler-run"]) == 0
     assert (tmp_path / "sampler-run" / "results.json").is_file()
+
+
+def test_table_run_under_torchrun_equals_one_process(tmp_path):
+    import subprocess
+    from mamlkit.engine.checkpoint import load_latest_checkpoint
+    from test_distributed import ENV, max_difference, models, nested_max_difference, torchrun
+    write_table(tmp_path / "t.csv")
+    args = ["train", "table", "--data", str(tmp_path / "t.csv"), "--task-column", "user", "--target-column", "y",
+            "--features", "x1", "x2", *TINY, "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    two = subprocess.run(torchrun(*args, "--out", str(tmp_path / "two")), env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    (one, _), (two_state, _) = (load_latest_checkpoint(tmp_path / run / "best") for run in ("one", "two"))
+    assert one["iteration"] == two_state["iteration"] and max_difference(models(one), models(two_state)) < 1e-6
+    results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two")]
+    assert nested_max_difference(results[0], results[1]) < 1e-5  # sharded evaluation, gathered on rank 0
