@@ -104,6 +104,7 @@ def test_classification_from_parquet(tmp_path, capsys):
                  "--out", str(run)]) == 0
     assert "accuracy" in json.loads((run / "results.json").read_text())["results"]["K=5"]["maml"]
     assert (run / "accuracy_vs_steps.png").stat().st_size > 0
+    (tmp_path / "tasks.parquet").unlink()  # adapting needs the run, not the training table
     task = [r for r in records if r["user"] == "u02"]
     support, query = write_rows(tmp_path / "s.csv", task[:6]), write_rows(tmp_path / "q.csv", task[6:])
     outcome = predict_run(run, support, query, out=tmp_path / "p.csv")

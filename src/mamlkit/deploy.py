@@ -148,11 +148,10 @@ class _TableRun:
         from mamlkit.experiments import own_tasks
         from mamlkit.tasks.table import Scaling
         self.config = config
-        saved = json.loads((run_dir / own_tasks.TABLE_FILE).read_text())
+        problem, saved = own_tasks.table_problem(run_dir)
         self.features, self.classes = saved.pop("features"), saved.pop("classes")
         self.scaling = Scaling(**saved)
-        learners, _, _ = own_tasks.load_trained(config, run_dir)
-        self.maml = learners["maml"]
+        self.maml = own_tasks.load_trained(config, run_dir, problem)[0]["maml"]
         self.device = next(self.maml.model.parameters()).device
 
     def steps(self, steps: int | None) -> int:

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -139,11 +140,27 @@ def draw(sampler, count: int, seed: int) -> TaskBatch:
     return batch
 
 
-def problem_of(batch: TaskBatch, sampler) -> tuple[int, object, dict]:
-    """(outputs, loss, metrics) for the batch's kind of target."""
+class Problem(NamedTuple):
+    """What the MLP maps: ``features`` inputs to ``outputs`` values (regression) or class scores."""
+
+    features: int
+    outputs: int
+    classification: bool
+
+    @property
+    def loss(self):
+        return classification_loss if self.classification else F.mse_loss
+
+    @property
+    def metrics(self) -> dict:
+        return {"accuracy": accuracy} if self.classification else {"mse": F.mse_loss}
+
+
+def problem_of(batch: TaskBatch, sampler) -> Problem:
+    """The problem a sampler's batch poses: float targets are regressed, int64 ones classified."""
     if batch.support_y.is_floating_point():
-        return batch.support_y.shape[-1], F.mse_loss, {"mse": F.mse_loss}
-    return sampler.classes, classification_loss, {"accuracy": accuracy}
+        return Problem(batch.support_x.shape[-1], batch.support_y.shape[-1], False)
+    return Problem(batch.support_x.shape[-1], sampler.classes, True)
 
 
 def build_models(config: TasksConfig, features: int, outputs: int) -> dict[str, torch.nn.Module]:
@@ -153,15 +170,14 @@ def build_models(config: TasksConfig, features: int, outputs: int) -> dict[str, 
     return {name: mlp((features, *config.hidden, outputs)).to(device) for name in ("maml", "pretrained")}
 
 
-def make_learners(config: TasksConfig, batch: TaskBatch, sampler) -> tuple[dict[str, MAML], object]:
+def make_learners(config: TasksConfig, problem: Problem) -> dict[str, MAML]:
     """The meta-learner and the baseline's fine-tuner (plain gradient descent with the same α)."""
-    outputs, loss, _ = problem_of(batch, sampler)
-    models = build_models(config, batch.support_x.shape[-1], outputs)
-    maml = from_settings(config.algo, models["maml"], loss, config.algo_options, inner_lr=config.inner_lr,
+    models = build_models(config, problem.features, problem.outputs)
+    maml = from_settings(config.algo, models["maml"], problem.loss, config.algo_options, inner_lr=config.inner_lr,
                          inner_steps=config.inner_steps, eval_inner_steps=config.eval_steps,
                          first_order=config.first_order)
-    return {"maml": maml, "pretrained": MAML(models["pretrained"], loss, inner_lr=config.inner_lr,
-                                            eval_inner_steps=config.eval_steps)}, loss
+    return {"maml": maml, "pretrained": MAML(models["pretrained"], problem.loss, inner_lr=config.inner_lr,
+                                            eval_inner_steps=config.eval_steps)}
 
 
 def train(config: TasksConfig, run_dir: Path, resume: bool = False) -> dict:
@@ -173,12 +189,12 @@ def train(config: TasksConfig, run_dir: Path, resume: bool = False) -> dict:
         write_json(Path(run_dir) / TABLE_FILE, {"features": table.features, "classes": table.classes,
                                                 **table.scaling.to_dict()})
     validation = draw(samplers["val"], config.validation_tasks, VALIDATION_SEED)
-    learners, loss = make_learners(config, validation, samplers["train"])
-    _, _, metrics = problem_of(validation, samplers["train"])
+    problem = problem_of(validation, samplers["train"])
+    learners, metrics = make_learners(config, problem), problem.metrics
     adam = lambda learner: torch.optim.Adam(learner.parameters(), lr=config.meta_lr)  # noqa: E731
     trainers = {"maml": MetaLearner(learners["maml"], adam(learners["maml"])),
                 "pretrained": JointRegression(learners["pretrained"].model, adam(learners["pretrained"].model),
-                                              loss_fn=loss)}
+                                              loss_fn=problem.loss)}
     validation = distributed.to_device(distributed.select(validation, distributed.span(config.validation_tasks)),
                                        device)
     best = BestCheckpoint(Path(run_dir) / "best", "val_score") if distributed.is_main() else None
@@ -207,22 +223,30 @@ def sampler_batch(sampler, count: int, generator: torch.Generator) -> TaskBatch:
     return TaskBatch(*sampler.sample(count, generator))
 
 
-def load_trained(config: TasksConfig, run_dir: Path, samplers: dict | None = None):
-    """The best-on-validation meta-learner and fine-tuner, that checkpoint, and the samplers."""
-    samplers = samplers or load_samplers(config)[0]
+def load_trained(config: TasksConfig, run_dir: Path, problem: Problem) -> tuple[dict[str, MAML], dict]:
+    """The best-on-validation meta-learner and fine-tuner, and that checkpoint."""
     state = distributed.from_main(lambda: load_latest_checkpoint(Path(run_dir) / "best")[0])
-    learners, _ = make_learners(config, draw(samplers["val"], 1, VALIDATION_SEED), samplers["train"])
+    learners = make_learners(config, problem)
     for name, learner in learners.items():
         learner.load_state_dict(state["learners"][name]["model"])
-    return learners, state, samplers
+    return learners, state
+
+
+def table_problem(run_dir: Path) -> tuple[Problem, dict]:
+    """A table run's problem and its saved columns, classes and scaling (no need for the training table)."""
+    saved = json.loads((Path(run_dir) / TABLE_FILE).read_text())
+    classes = saved["classes"]
+    return Problem(len(saved["features"]), len(classes) if classes else 1, classes is not None), saved
 
 
 def evaluate(config: TasksConfig, run_dir: Path, samplers: dict | None = None) -> dict:
     """MSE (target units) or accuracy after 0..eval_steps steps on the test tasks: table, JSON, figure."""
     torch.set_num_threads(config.threads)
-    learners, state, samplers = load_trained(config, run_dir, samplers)
+    samplers = samplers or load_samplers(config)[0]
     test = draw(samplers["test"], config.eval_tasks, TEST_SEED)
-    _, _, metrics = problem_of(test, samplers["train"])
+    problem = problem_of(test, samplers["train"])
+    learners, state = load_trained(config, run_dir, problem)
+    metrics = problem.metrics
     name = next(iter(metrics))
     scale = _target_variance(run_dir) if name == "mse" else 100.0  # MSE in the target's units, accuracy in %
     test = distributed.to_device(distributed.select(test, distributed.span(config.eval_tasks)),
