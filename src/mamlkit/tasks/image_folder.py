@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import warnings
-import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 
 from mamlkit.errors import MamlkitError
-from mamlkit.tasks.image_classes import ImageClasses, user_cache_dir, write_cache
+from mamlkit.tasks.image_classes import ImageClasses, cache_folders, cached_classes
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 MODES = {1: "L", 3: "RGB"}
@@ -117,36 +116,17 @@ def load_image_folder(root: str | os.PathLike, size: int = 28, channels: int = 1
     stamp = [_CACHE_VERSION, size, channels, [[p.relative_to(root).as_posix(), s.st_size, s.st_mtime_ns]
                                               for p in files for s in [p.stat()]]]
     cache_name = f"images-{size}-{channels}-{hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]}.npz"
-    cache_dirs = ([Path(cache_dir).expanduser()] if cache_dir is not None
-                  else [root / ".mamlkit-cache", user_cache_dir(root)])
-    names = list(classes)
-    for folder in cache_dirs:
-        cached = _read_cache(folder / cache_name, names)
-        if cached is not None:
-            return cached
-    decoded = decode_all(files, image_decoder(size, channels), workers)
-    counts = np.array([len(paths) for paths in classes.values()])
-    images = np.zeros((len(names), counts.max(), channels, size, size), dtype=np.uint8)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    for c in range(len(names)):
-        images[c, :counts[c]] = decoded[starts[c]:starts[c + 1]]
-    for folder in cache_dirs:
-        save = lambda handle: np.savez(handle, images=images, counts=counts, names=np.array(names))  # noqa: E731
-        if write_cache(folder / cache_name, save):
-            break
-    return ImageClasses(torch.from_numpy(images), names, torch.from_numpy(counts))
 
+    def build() -> ImageClasses:
+        decoded = decode_all(files, image_decoder(size, channels), workers)
+        counts = np.array([len(paths) for paths in classes.values()])
+        images = np.zeros((len(classes), counts.max(), channels, size, size), dtype=np.uint8)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for c in range(len(classes)):
+            images[c, :counts[c]] = decoded[starts[c]:starts[c + 1]]
+        return ImageClasses(torch.from_numpy(images), list(classes), torch.from_numpy(counts))
 
-def _read_cache(path: Path, names: list[str]) -> ImageClasses | None:
-    """The cached data set, or None when the cache is missing, damaged or of other classes."""
-    try:
-        with np.load(path) as cached:
-            images, counts, cached_names = cached["images"], cached["counts"], cached["names"].tolist()
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        return None
-    if cached_names != names or images.dtype != np.uint8 or images.shape[0] != len(names):
-        return None
-    return ImageClasses(torch.from_numpy(images), names, torch.from_numpy(counts))
+    return cached_classes(cache_folders(root, cache_dir), cache_name, build)
 
 
 def read_images(root: str | os.PathLike, decode: Decode) -> tuple[torch.Tensor, list[str] | None, list[str]]:

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from mamlkit.errors import MamlkitError
-from mamlkit.tasks.image_classes import ImageClasses, user_cache_dir, write_cache
+from mamlkit.tasks.image_classes import ImageClasses, cache_folders, cached_classes
 
 SETS = ("images_background", "images_evaluation")
 EXPECTED_CHARACTERS = {"images_background": 964, "images_evaluation": 659}
@@ -72,32 +72,25 @@ def load_omniglot(root: str | os.PathLike, *, cache_dir: str | os.PathLike | Non
     sources = [_source(root, name) for name in SETS]
     stamp = json.dumps([_CACHE_VERSION, SIZE, dict(expected), [s for _, s in sources]])
     cache_name = f"omniglot-{SIZE}-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.npz"
-    cache_dirs = ([Path(cache_dir).expanduser()] if cache_dir is not None
-                  else [root / ".mamlkit-cache", user_cache_dir(root)])
-    for folder in cache_dirs:
-        cached = _read_cache(folder / cache_name)
-        if cached is not None:
-            return cached
 
-    names, jobs = [], []
-    workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
-    for name, (location, _) in zip(SETS, sources):
-        characters = _characters(root, name, location, expected[name])
-        members = [member for files in characters.values() for member in files]
-        step = -(-len(members) // workers)  # one job per worker and set: each opens the zip once
-        jobs += [(str(location), members[i:i + step]) for i in range(0, len(members), step)]
-        names += characters
-    if workers > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            chunks = list(pool.map(_decode_job, jobs))
-    else:
-        chunks = [_decode_job(job) for job in jobs]
-    images = np.concatenate(chunks).reshape(len(names), DRAWERS, 1, SIZE, SIZE)
-    for folder in cache_dirs:
-        save = lambda handle: np.savez(handle, images=images, names=np.array(names))  # noqa: E731
-        if write_cache(folder / cache_name, save):
-            break
-    return ImageClasses(torch.from_numpy(images), names)
+    def build() -> ImageClasses:
+        names, jobs = [], []
+        count = (os.cpu_count() or 1) if workers is None else max(1, workers)
+        for name, (location, _) in zip(SETS, sources):
+            characters = _characters(root, name, location, expected[name])
+            members = [member for files in characters.values() for member in files]
+            step = -(-len(members) // count)  # one job per worker and set: each opens the zip once
+            jobs += [(str(location), members[i:i + step]) for i in range(0, len(members), step)]
+            names += characters
+        if count > 1:
+            with ProcessPoolExecutor(min(count, len(jobs))) as pool:
+                chunks = list(pool.map(_decode_job, jobs))
+        else:
+            chunks = [_decode_job(job) for job in jobs]
+        images = np.concatenate(chunks).reshape(len(names), DRAWERS, 1, SIZE, SIZE)
+        return ImageClasses(torch.from_numpy(images), names)
+
+    return cached_classes(cache_folders(root, cache_dir), cache_name, build)
 
 
 def _source(root: Path, name: str) -> tuple[Path, list]:
@@ -193,18 +186,6 @@ def _decode_png(data: bytes, where: str) -> np.ndarray:
 def decode_file(path: Path) -> np.ndarray:
     """One original 105x105 Omniglot PNG as the loader reads it, uint8 [1, 28, 28] (for new tasks)."""
     return _decode_png(Path(path).read_bytes(), str(path))[None]
-
-
-def _read_cache(path: Path) -> ImageClasses | None:
-    """The cached data set, or None when the cache is missing or damaged."""
-    try:
-        with np.load(path) as cached:
-            images, names = cached["images"], cached["names"].tolist()
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        return None
-    if images.dtype != np.uint8 or images.shape != (len(names), DRAWERS, 1, SIZE, SIZE):
-        return None
-    return ImageClasses(torch.from_numpy(images), names)
 
 
 def download_omniglot(dest: str | os.PathLike) -> Path:
