@@ -86,6 +86,15 @@ def test_adapt_reduces_support_loss_and_predict_uses_adapted_weights():
     assert torch.equal(maml.predict(x), model(x))
 
 
+def test_adapt_takes_eval_inner_steps_by_default():
+    torch.manual_seed(0)
+    x, y = regression_batch()[0][0], regression_batch()[1][0]
+    maml = MAML(mlp(), F.mse_loss, inner_lr=0.05, inner_steps=1, eval_inner_steps=3)
+    default, three, one = maml.adapt(x, y), maml.adapt(x, y, steps=3), maml.adapt(x, y, steps=1)
+    assert all(torch.equal(default[n], three[n]) for n in three)
+    assert not all(torch.equal(default[n], one[n]) for n in one)
+
+
 def test_evaluate_curve_shape_and_step_zero_is_unadapted():
     torch.manual_seed(0)
     model = mlp()

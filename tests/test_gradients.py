@@ -136,3 +136,18 @@ def test_every_layer_kind_is_exact_on_the_vmap_path(kind):
     expected = reference_meta_grad(model, F.cross_entropy, 0.5, 2, batch)
     actual = mamlkit_grad(model, F.cross_entropy, batch, 2, batching="vmap", lr=0.5)
     assert relative_error(actual, expected) < 1e-10
+
+
+@pytest.mark.parametrize("norm", [
+    lambda: nn.BatchNorm2d(3, eps=0.3, track_running_stats=False),
+    lambda: nn.InstanceNorm2d(3, eps=0.3, affine=True),
+    lambda: nn.LayerNorm([3, 4, 4], eps=0.3),
+], ids=["batchnorm", "instancenorm", "layernorm"])
+def test_vmap_exact_normalization_uses_the_layers_eps(norm):
+    """The exact primitives that replace native norms under vmap keep a non-default eps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), norm(), nn.Flatten(), nn.Linear(48, 3))
+    batch = CASES["conv_batchnorm"][1]()
+    expected = reference_meta_grad(model, F.cross_entropy, 0.5, 2, batch)
+    actual = mamlkit_grad(model, F.cross_entropy, batch, 2, batching="vmap", lr=0.5)
+    assert relative_error(actual, expected) < 1e-10

@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from mamlkit.algorithms.imaml import IMAML, conjugate_gradient
+from mamlkit.algorithms.imaml import IMAML
 from mamlkit.algorithms.protomaml import ProtoMAML
 from mamlkit.algorithms.reptile import Reptile
 from mamlkit.errors import MamlkitError
+from mamlkit.linalg import conjugate_gradient
 from mamlkit.models.conv import omniglot_conv
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mamlkit.rl.advantages import advantages, discounted_returns, fit_linear_baseline
-from mamlkit.rl.algorithms import (MetaBatch, MetaObjective, TRPOSettings, conjugate_gradient,
-                                   pg_inputs, pg_loss, trpo_step, log_prob_forward)
+from mamlkit.rl.algorithms import (MetaBatch, MetaObjective, TRPOSettings, pg_inputs, pg_loss, trpo_step,
+                                   log_prob_forward)
 from mamlkit.rl.envs import Navigation2D
 from mamlkit.rl.policy import GaussianPolicy
 from mamlkit.rl.sampler import Episodes, per_task, sample
@@ -154,14 +154,6 @@ def test_trpo_step_stays_within_the_kl_bound_and_improves_the_surrogate():
     assert kl_after > 0.1 * settings.max_kl
 
 
-def test_conjugate_gradient_solves_a_positive_definite_system():
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(6, 6, dtype=torch.float64, generator=generator)
-    a = a @ a.T + 6 * torch.eye(6, dtype=torch.float64)
-    b = torch.randn(6, dtype=torch.float64, generator=generator)
-    torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, b, iterations=6), torch.linalg.solve(a, b))
-
-
 def test_discounted_returns_and_baseline_follow_their_definitions():
     generator = torch.Generator().manual_seed(0)
     rewards = torch.randn(2, 3, 5, dtype=torch.float64, generator=generator)
@@ -182,6 +174,41 @@ def test_discounted_returns_and_baseline_follow_their_definitions():
     torch.testing.assert_close(adv, gae, rtol=1e-4, atol=1e-4)
     normalized = advantages(episodes, gamma=0.9)
     torch.testing.assert_close(normalized.mean((1, 2)), torch.zeros(2, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_advantages_subtract_a_baseline_fitted_on_discounted_returns():
+    """Rewards built so that the discounted returns are a linear function of the baseline's
+    features: the fitted baseline is the returns, so the advantages vanish (a baseline fitted on
+    the rewards would leave about γ R_{t+1})."""
+    generator = torch.Generator().manual_seed(1)
+    obs = torch.randn(2, 4, 6, 2, dtype=torch.float64, generator=generator)
+    returns = 3.0 + 2.0 * obs[..., 0] - obs[..., 1] ** 2
+    gamma = 0.9
+    rewards = returns - gamma * torch.cat([returns[..., 1:], torch.zeros_like(returns[..., :1])], dim=-1)
+    episodes = Episodes(obs, torch.zeros(2, 4, 6, 1, dtype=torch.float64), rewards, torch.ones_like(rewards))
+    torch.testing.assert_close(discounted_returns(rewards, episodes.mask, gamma), returns)
+    adv = advantages(episodes, gamma=gamma, normalize=False)
+    assert adv.abs().max() < 1e-3 < returns.abs().min()
+
+
+def test_normalised_advantages_have_zero_mean_and_unit_std_per_task():
+    generator = torch.Generator().manual_seed(2)
+    rewards = 10.0 * torch.randn(2, 3, 5, dtype=torch.float64, generator=generator)
+    mask = torch.ones_like(rewards)
+    mask[1, 0, 2:] = 0
+    episodes = Episodes(torch.randn(2, 3, 5, 2, dtype=torch.float64, generator=generator),
+                        torch.zeros(2, 3, 5, 1, dtype=torch.float64), rewards, mask)
+    raw = advantages(episodes, gamma=0.9, normalize=False)
+    adv = advantages(episodes, gamma=0.9)
+    count = mask.sum((1, 2))
+    mean = (raw * mask).sum((1, 2)) / count
+    std = (((raw - mean[:, None, None]) ** 2 * mask).sum((1, 2)) / count).sqrt()
+    assert (std - 1).abs().min() > 0.5  # raw advantages are far from unit scale
+    torch.testing.assert_close((adv * mask).sum((1, 2)) / count, torch.zeros(2, dtype=torch.float64),
+                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(((adv ** 2 * mask).sum((1, 2)) / count).sqrt(), torch.ones(2, dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(adv, (raw - mean[:, None, None]) / std[:, None, None] * mask, atol=1e-6, rtol=0)
 
 
 def test_navigation_scales_and_clips_actions_rewards_distance_and_ends_at_the_goal():

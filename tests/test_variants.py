@@ -236,6 +236,35 @@ def test_importance_weights_anneal_from_uniform_to_the_last_step():
     assert importance_weights(steps, msl_epochs, msl_epochs)[:-1] == [0.03 / steps] * (steps - 1)
 
 
+def official_importance_vector(steps, epoch, msl_epochs):
+    """get_per_step_loss_importance_vector of the MAML++ authors' code (HowToTrainYourMAMLPytorch,
+    few_shot_learning_system.py), transcribed loop for loop."""
+    loss_weights = [1.0 / steps] * steps
+    decay_rate = 1.0 / steps / msl_epochs
+    min_value_for_non_final_losses = 0.03 / steps
+    for i in range(len(loss_weights) - 1):
+        loss_weights[i] = max(loss_weights[i] - epoch * decay_rate, min_value_for_non_final_losses)
+    loss_weights[-1] = min(loss_weights[-1] + epoch * (steps - 1) * decay_rate,
+                           1.0 - (steps - 1) * min_value_for_non_final_losses)
+    return loss_weights
+
+
+def test_importance_weights_equal_the_papers_code():
+    assert importance_weights(5, 3, 10) == pytest.approx([0.14, 0.14, 0.14, 0.14, 0.44], abs=1e-15)
+    assert importance_weights(5, 9, 10) == pytest.approx([0.02] * 4 + [0.92], abs=1e-15)
+    assert importance_weights(5, 10, 10) == pytest.approx([0.006] * 4 + [0.976], abs=1e-15)
+    for steps, msl_epochs in ((2, 3), (3, 4), (5, 10), (8, 10)):
+        for epoch in range(msl_epochs + 2):
+            assert importance_weights(steps, epoch, msl_epochs) == pytest.approx(
+                official_importance_vector(steps, epoch, msl_epochs), abs=1e-15)
+
+
+def test_mamlpp_uses_the_weights_of_the_current_epoch():
+    maml = MAMLPlusPlus(tanh_mlp(), F.mse_loss, inner_lr=0.1, inner_steps=3, msl_epochs=4, iterations_per_epoch=3)
+    maml.iteration = 7  # epoch 2: decay 1/12 per epoch, so 1/3 − 2/12 before the last step
+    assert maml.training_options()[1].tolist() == pytest.approx([1 / 6, 1 / 6, 2 / 3], abs=1e-15)
+
+
 def bn_mlp(track=False):
     return nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8, track_running_stats=track), nn.Tanh(), nn.Linear(8, 1))
 
@@ -296,7 +325,7 @@ def test_mamlpp_anneals_derivative_order_and_turns_multi_step_loss_off():
     for iteration in range(5):
         first_order, weights = iteration < 2, importance_weights(2, iteration // 2, 2) if iteration < 4 else None
         expected = reference_for(maml, batch, first_order=first_order, weights=weights)
-        assert maml.first_order == first_order
+        assert maml.training_options()[0] == first_order
         assert relative_error(mamlkit_grads(maml, batch), expected) < 1e-10
     state = maml.state_dict()
     again = MAMLPlusPlus(tanh_mlp(), F.mse_loss, inner_lr=0.1, inner_steps=2, first_order_epochs=1)
@@ -316,6 +345,26 @@ def test_mamlpp_cosine_meta_learning_rate():
     assert abs(rates[4] - (1e-2 + 1e-4) / 2) < 1e-12 and abs(rates[-1] - 1e-4) < 1e-12
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert MAMLPlusPlus(tanh_mlp(), F.mse_loss, inner_lr=0.1).lr_scheduler(optimizer) is None
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_evaluate_runs_each_step_with_its_own_batchnorm_set(mode):
+    """Per-step sets made to differ: after s steps, the curve must use set min(s, N)."""
+    torch.manual_seed(0)
+    maml = MAMLPlusPlus(bn_mlp(track=mode == "eval"), F.mse_loss, inner_lr=0.1, inner_steps=2, eval_inner_steps=4,
+                        batching="loop" if mode == "eval" else "vmap")
+    randomize_rates(maml)
+    randomize_bn(maml.model[1])
+    maml.model.train(mode == "train")
+    batch = regression_batch()
+    curves = maml.evaluate(*batch)["loss"]
+    forward = per_step_bn_forward(maml, mode == "train")
+    params = {n: p.detach().requires_grad_() for n, p in maml.model.named_parameters()}
+    for i in range(3):
+        for steps in range(5):
+            task = tuple(t[i:i + 1] for t in batch)
+            expected = reference_objective(forward, F.mse_loss, params, task, steps, lr_function(maml), list(params))
+            assert torch.allclose(curves[i, steps], expected, rtol=1e-10)
 
 
 def test_per_step_batchnorm_train_updates_only_the_current_steps_statistics():

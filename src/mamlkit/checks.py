@@ -16,6 +16,13 @@ def check_steps(value, name: str) -> int:
     return value
 
 
+def check_count(value, name: str) -> int:
+    """A count that is not a number of steps (epochs per schedule, iterations per epoch): at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MamlkitError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
 def check_learning_rate(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise MamlkitError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -32,8 +39,16 @@ def _check_input_dtype(name: str, x: Tensor, reference: Tensor) -> None:
                            f"move them to the same device")
 
 
-def check_task_batch(tensors: tuple[Tensor, ...], reference: Tensor | None) -> None:
-    """Tensors ``[T, n, ...]`` for support/query inputs and targets, consistent with each other."""
+def _check_finite_data(named: dict[str, Tensor]) -> None:
+    for name, t in named.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MamlkitError(f"{name} holds NaN or infinite values; clean the data (check_finite=False skips "
+                               f"this check)")
+
+
+def check_task_batch(tensors: tuple[Tensor, ...], reference: Tensor | None, finite: bool = False) -> None:
+    """Tensors ``[T, n, ...]`` for support/query inputs and targets, consistent with each other,
+    with at least one task and one example per set, finite where ``finite``."""
     for name, t in zip(_NAMES, tensors):
         if not isinstance(t, Tensor):
             raise MamlkitError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -44,6 +59,12 @@ def check_task_batch(tensors: tuple[Tensor, ...], reference: Tensor | None) -> N
     tasks = {name: t.shape[0] for name, t in zip(_NAMES, tensors)}
     if len(set(tasks.values())) > 1:
         raise MamlkitError(f"the task dimension differs between tensors {tasks}; every tensor needs the same leading size T")
+    if sx.shape[0] == 0:
+        raise MamlkitError("the meta-batch holds no tasks (T = 0); pass at least one task")
+    for name, t in (("support_x", sx), ("query_x", qx)):
+        if t.shape[1] == 0:
+            raise MamlkitError(f"{name} holds no examples per task; every task needs at least one support "
+                               f"and one query example")
     for x_name, x, y_name, y in (("support_x", sx, "support_y", sy), ("query_x", qx, "query_y", qy)):
         if x.shape[1] != y.shape[1]:
             raise MamlkitError(f"{x_name} has {x.shape[1]} examples per task but {y_name} has {y.shape[1]}; "
@@ -57,18 +78,48 @@ def check_task_batch(tensors: tuple[Tensor, ...], reference: Tensor | None) -> N
     if reference is not None:
         for name, t in zip(_NAMES, tensors):
             _check_input_dtype(name, t, reference)
+    if finite:
+        _check_finite_data(dict(zip(_NAMES, tensors)))
 
 
-def check_task(x: Tensor, y: Tensor, reference: Tensor | None) -> None:
+def check_task(x: Tensor, y: Tensor, reference: Tensor | None, finite: bool = False) -> None:
     """One task's ``x [n, ...]`` and ``y [n, ...]``."""
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, Tensor) or t.dim() < 1:
             raise MamlkitError(f"{name} must be a tensor with an example dimension [n, ...]")
     if x.shape[0] != y.shape[0]:
         raise MamlkitError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; they need one row each")
+    if x.shape[0] == 0:
+        raise MamlkitError("x holds no examples; adapting needs at least one support example")
     if reference is not None:
         _check_input_dtype("x", x, reference)
         _check_input_dtype("y", y, reference)
+    if finite:
+        _check_finite_data({"x": x, "y": y})
+
+
+def check_model_takes(forward, loss_fn, x: Tensor, y: Tensor) -> None:
+    """Run ``loss_fn(forward(x), y)`` once for a task whose inputs or targets are not floating point,
+    so a dtype the model or loss cannot take is a one-line error before vmap or a loop is chosen."""
+    if x.is_floating_point() and y.is_floating_point():
+        return
+    try:
+        with torch.no_grad():
+            loss_fn(forward(x), y)
+    except MamlkitError:
+        raise
+    except (RuntimeError, TypeError, ValueError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise MamlkitError(f"the model and loss fail on inputs of dtype {x.dtype} with targets of dtype {y.dtype} "
+                           f"({reason}); convert them to the dtypes they expect (e.g. x.float(), y.long())") from None
+
+
+def check_finite_result(value, what: str) -> None:
+    """A loss, metrics or adapted parameters with NaN/inf: the inner loop diverged."""
+    tensors = value.values() if isinstance(value, dict) else [value]
+    if not all(bool(torch.isfinite(t.detach()).all()) for t in tensors):
+        raise MamlkitError(f"{what} became NaN or infinite: the inner loop diverged; lower inner_lr or the number "
+                           f"of inner steps (check_finite=False skips this check)")
 
 
 def check_finite(loss: float, iteration: int, hint: str) -> None:

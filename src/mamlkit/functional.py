@@ -97,40 +97,36 @@ def adapt(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tenso
           steps: int, first_order: bool, gradient: Gradient = func_gradient, *,
           forward_at: ForwardAt | None = None, checkpoint: bool = False) -> Params:
     """Run ``steps`` gradient-descent steps on one task's support set; return adapted parameters."""
-    for params in trajectory(forward, loss_fn, params, x, y, lr, steps, first_order, gradient,
-                             forward_at=forward_at, checkpoint=checkpoint):
+    return last(trajectory(forward, loss_fn, params, x, y, lr, steps, first_order, gradient,
+                           forward_at=forward_at, checkpoint=checkpoint))
+
+
+def last(items: Iterator):
+    """The final element of an iterator, e.g. the adapted parameters at the end of a trajectory."""
+    for item in items:
         pass
-    return params
+    return item
 
 
-def query_loss(forward: Forward, loss_fn: LossFn, params: Params, support_x: Tensor,
-               support_y: Tensor, query_x: Tensor, query_y: Tensor, lr, steps: int,
-               first_order: bool, gradient: Gradient = func_gradient, *, forward_at: ForwardAt | None = None,
-               checkpoint: bool = False, step_weights: Tensor | None = None) -> Tensor:
-    """One task's contribution to the meta-objective: the query loss after adaptation.
+def query_loss(at: ForwardAt, loss_fn: LossFn, path: Iterator[Params], query_x: Tensor, query_y: Tensor,
+               step_weights: Tensor | None = None) -> Tensor:
+    """One task's contribution to the meta-objective: the query loss at the end of ``path``
+    (θ_0, θ_1, ..., from ``trajectory``), run with the forward ``at(s)`` of its step s.
 
     With ``step_weights`` ([steps]) it is MAML++'s multi-step loss Σ_s w[s-1] L_query(θ_s), s = 1..steps.
     """
-    at = forward_at or (lambda s: forward)
-    path = trajectory(forward, loss_fn, params, support_x, support_y, lr, steps, first_order, gradient,
-                      forward_at=forward_at, checkpoint=checkpoint)
     if step_weights is None:
-        for params in path:
-            pass
-        return loss_fn(at(steps)(params, query_x), query_y)
+        s, params = last(enumerate(path))
+        return loss_fn(at(s)(params, query_x), query_y)
     losses = [loss_fn(at(s)(p, query_x), query_y) for s, p in enumerate(path) if s > 0]
     return (torch.stack(losses) * step_weights).sum()
 
 
-def adaptation_curve(forward: Forward, loss_fn: LossFn, metrics: Mapping[str, LossFn],
-                     params: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor,
-                     query_y: Tensor, lr, steps: int, gradient: Gradient = func_gradient, *,
-                     forward_at: ForwardAt | None = None) -> Tensor:
-    """Query metrics before and after each of ``steps`` inner steps: ``[steps + 1, len(metrics)]``."""
-    at = forward_at or (lambda s: forward)
+def adaptation_curve(at: ForwardAt, metrics: Mapping[str, LossFn], path: Iterator[Params], query_x: Tensor,
+                     query_y: Tensor) -> Tensor:
+    """Query metrics at every point of ``path`` (θ_0 .. θ_steps): ``[steps + 1, len(metrics)]``."""
     rows = []
-    for s, p in enumerate(trajectory(forward, loss_fn, params, support_x, support_y, lr, steps, True, gradient,
-                                     forward_at=forward_at)):
-        prediction = at(s)(p, query_x)
+    for s, params in enumerate(path):
+        prediction = at(s)(params, query_x)
         rows.append(torch.stack([metric(prediction, query_y) for metric in metrics.values()]))
     return torch.stack(rows)

@@ -15,17 +15,12 @@ yourself, add 1 to ``maml.iteration`` after each meta-update); an epoch is
 ``iterations_per_epoch`` of them (500 in the paper). ``iteration`` is saved in ``state_dict()``.
 """
 
-from typing import Sequence
-
 import torch
 from torch import Tensor, nn
 
-from mamlkit.checks import check_learning_rate, check_steps
-from mamlkit.errors import MamlkitError
+from mamlkit.checks import check_count, check_learning_rate, check_steps
 from mamlkit.maml import MAML
 from mamlkit.models.per_step_bn import per_step_batchnorm
-
-ITERATION_KEY = "mamlpp.iteration"
 
 
 def importance_weights(steps: int, epoch: int, msl_epochs: int) -> list[float]:
@@ -42,7 +37,7 @@ class MAMLPlusPlus(MAML):
 
     Args (beyond ``MAML``'s):
         multi_step_loss: weighted query losses after every inner step while ``epoch < msl_epochs``.
-        msl_epochs: epochs over which the importance vector anneals (paper: 10).
+        msl_epochs: epochs over which the importance vector anneals (paper: 10; 0: last step only).
         per_step_bn: convert the model's BatchNorm layers in place to ``PerStepBatchNorm`` with
             ``inner_steps + 1`` sets (build the optimizer from ``maml.parameters()`` afterwards).
         first_order_epochs: use first-order gradients while ``epoch < first_order_epochs`` (paper: 50).
@@ -52,46 +47,46 @@ class MAMLPlusPlus(MAML):
     """
 
     def __init__(self, model: nn.Module, loss_fn, inner_lr: float, inner_steps: int = 5, *,
-                 eval_inner_steps: int | None = None, first_order: bool = False, batching: str = "auto",
-                 compile: bool = False, learn_lr: str | None = "lslr", adapt_only: str | Sequence[str] | None = None,
-                 checkpoint_inner: bool = False, multi_step_loss: bool = True, msl_epochs: int = 10,
+                 learn_lr: str | None = "lslr", multi_step_loss: bool = True, msl_epochs: int = 10,
                  per_step_bn: bool = True, first_order_epochs: int = 50, cosine_iterations: int | None = None,
-                 min_meta_lr: float = 1e-5, iterations_per_epoch: int = 500):
-        self.multi_step_loss = bool(multi_step_loss)
-        self.msl_epochs = check_steps(msl_epochs, "msl_epochs")
-        self.first_order_epochs = check_steps(first_order_epochs, "first_order_epochs")
-        self.cosine_iterations = None if cosine_iterations is None else check_steps(cosine_iterations,
-                                                                                    "cosine_iterations")
-        self.min_meta_lr = check_learning_rate(min_meta_lr, "min_meta_lr")
-        self.iterations_per_epoch = check_steps(iterations_per_epoch, "iterations_per_epoch")
-        if self.iterations_per_epoch < 1:
-            raise MamlkitError("iterations_per_epoch must be at least 1")
-        self.iteration = 0
+                 min_meta_lr: float = 1e-5, iterations_per_epoch: int = 500, **options):
+        msl_epochs, first_order_epochs = check_steps(msl_epochs, "msl_epochs"), check_steps(first_order_epochs,
+                                                                                            "first_order_epochs")
+        cosine_iterations = None if cosine_iterations is None else check_count(cosine_iterations, "cosine_iterations")
+        min_meta_lr = check_learning_rate(min_meta_lr, "min_meta_lr")
+        iterations_per_epoch = check_count(iterations_per_epoch, "iterations_per_epoch")
         if per_step_bn:
             per_step_batchnorm(model, check_steps(inner_steps, "inner_steps") + 1)
-        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps,
-                         first_order=first_order, batching=batching, compile=compile, learn_lr=learn_lr,
-                         adapt_only=adapt_only, checkpoint_inner=checkpoint_inner)
+        super().__init__(model, loss_fn, inner_lr, inner_steps, learn_lr=learn_lr, **options)
+        self.multi_step_loss, self.msl_epochs, self.first_order_epochs = bool(multi_step_loss), msl_epochs, \
+            first_order_epochs
+        self.cosine_iterations, self.min_meta_lr = cosine_iterations, min_meta_lr
+        self.iterations_per_epoch = iterations_per_epoch
+        self.schedule = nn.Module()  # its buffer is saved as "mamlpp.iteration"
+        self.schedule.register_buffer("iteration", torch.tensor(0))
+
+    @property
+    def iteration(self) -> int:
+        """Meta-iterations so far: each ``meta_backward`` adds one; saved in ``state_dict()``."""
+        return int(self.schedule.iteration)
+
+    @iteration.setter
+    def iteration(self, value: int) -> None:
+        self.schedule.iteration.fill_(value)
 
     @property
     def epoch(self) -> int:
         return self.iteration // self.iterations_per_epoch
 
-    @property
-    def first_order(self) -> bool:
-        """The user's ``first_order``, or first order anyway during the first ``first_order_epochs``."""
-        return self._first_order or self.epoch < self.first_order_epochs
-
-    @first_order.setter
-    def first_order(self, value: bool) -> None:
-        self._first_order = bool(value)
-
-    def _step_weights(self) -> Tensor | None:
+    def training_options(self) -> tuple[bool, Tensor | None]:
+        """First order during the first ``first_order_epochs`` (or always with ``first_order``); the
+        importance weights while the multi-step loss is on."""
+        first_order = self.first_order or self.epoch < self.first_order_epochs
         if not self.multi_step_loss or self.epoch >= self.msl_epochs or self.inner_steps < 2:
-            return None
-        like = self._reference_tensor()
-        return torch.tensor(importance_weights(self.inner_steps, self.epoch, self.msl_epochs),
-                            dtype=like.dtype, device=like.device)
+            return first_order, None
+        like = self._reference()
+        return first_order, torch.tensor(importance_weights(self.inner_steps, self.epoch, self.msl_epochs),
+                                         dtype=like.dtype, device=like.device)
 
     def meta_backward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """``MAML.meta_backward``, then one meta-iteration more for the schedules."""
@@ -106,12 +101,3 @@ class MAMLPlusPlus(MAML):
             return None
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.cosine_iterations,
                                                           eta_min=self.min_meta_lr)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {**super().state_dict(), ITERATION_KEY: torch.tensor(self.iteration)}
-
-    def load_state_dict(self, state) -> None:
-        if ITERATION_KEY not in state:
-            raise MamlkitError(f"the state has no '{ITERATION_KEY}'; it was not saved by MAMLPlusPlus.state_dict()")
-        super().load_state_dict({k: v for k, v in state.items() if k != ITERATION_KEY})
-        self.iteration = int(state[ITERATION_KEY])

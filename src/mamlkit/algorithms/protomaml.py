@@ -9,16 +9,13 @@ and in first order (which only drops the inner loop's second derivatives: fo-Pro
 module's own head weights are never used; its shape fixes the number of ways.
 """
 
-from functools import partial
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlkit import functional as fn
-from mamlkit.checks import check_steps, check_task, check_task_batch
 from mamlkit.errors import MamlkitError
 from mamlkit.maml import MAML
+from mamlkit.strategies import Strategy
 
 
 def find_head(model: nn.Module, name: str | None) -> tuple[str, nn.Linear]:
@@ -50,35 +47,18 @@ def prototype_head(embeddings: Tensor, labels: Tensor, ways: int) -> tuple[Tenso
     return 2 * prototypes, -(prototypes ** 2).sum(-1)
 
 
-class ProtoMAML(MAML):
-    """ProtoMAML around an unmodified classifier whose last operation is a linear head.
+class PrototypeHead(Strategy):
+    """The unrolled inner loop (second or first order) starting from θ plus the support set's prototype head."""
 
-    Args:
-        model, loss_fn, inner_lr, inner_steps, eval_inner_steps, first_order, batching: as for
-            :class:`mamlkit.MAML`.
-        head: name of the final ``nn.Linear`` in ``model.named_modules()`` (default: the last one).
-            Its output must be the model's output; its ``out_features`` is the number of ways.
+    needs_support_set = True
 
-    Labels are integers in [0, ways) and every class needs at least one support example.
-    """
-
-    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 1, *, head: str | None = None,
-                 eval_inner_steps: int | None = None, first_order: bool = False, batching: str = "auto"):
+    def __init__(self, model: nn.Module, head: str | None):
+        super().__init__()
         self.head_name, self.head = find_head(model, head)
         prefix = f"{self.head_name}." if self.head_name else ""
-        self._head_keys = (prefix + "weight", prefix + "bias")
-        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps,
-                         first_order=first_order, batching=batching)
+        self.excluded = (prefix + "weight", prefix + "bias")
 
-    # -- parameters: θ is the body; the head is rebuilt per task -----------------------------
-    def parameters_to_adapt(self) -> fn.Params:
-        """θ: the trainable parameters outside the head (the head's own weights are never used)."""
-        return {n: p for n, p in super().parameters_to_adapt().items() if n not in self._head_keys}
-
-    def _constants(self) -> fn.Params:
-        return {n: t for n, t in super()._constants().items() if n not in self._head_keys}
-
-    def _embed(self, constants: fn.Params, params: fn.Params, x: Tensor) -> Tensor:
+    def _embed(self, maml, constants: fn.Params, params: fn.Params, x: Tensor) -> Tensor:
         """The head's input for ``x``, by running the model with a hook on the head."""
         seen = {}
 
@@ -88,10 +68,10 @@ class ProtoMAML(MAML):
         def keep_output(module, args, output):
             seen["output"] = output
 
-        placeholder = {key: getattr(self.head, key.rsplit(".", 1)[-1]).detach() for key in self._head_keys}
+        placeholder = {key: getattr(self.head, key.rsplit(".", 1)[-1]).detach() for key in self.excluded}
         hooks = [self.head.register_forward_pre_hook(keep_input), self.head.register_forward_hook(keep_output)]
         try:
-            output = self._forward(constants, {**params, **placeholder}, x)
+            output = maml._forward(constants, {**params, **placeholder}, x)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -103,17 +83,17 @@ class ProtoMAML(MAML):
                                f"needs one embedding vector per example [n, features]")
         return seen["input"]
 
-    def _task_start(self, params: fn.Params, constants: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
-        """θ plus the prototype head of this task's support set: where its inner loop starts.
+    def start(self, maml, params: fn.Params, constants: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
+        """θ plus the prototype head of this task's support set.
 
         The body enters as fresh views of θ: the inner gradient must be the partial derivative in
         the body with the head held fixed, but autograd's gradient with respect to θ itself would
         also run through the prototypes (the head is a function of θ).
         """
-        weight, bias = prototype_head(self._embed(constants, params, x), y, self.head.out_features)
-        return {**{n: p.view_as(p) for n, p in params.items()}, self._head_keys[0]: weight, self._head_keys[1]: bias}
+        weight, bias = prototype_head(self._embed(maml, constants, params, x), y, self.head.out_features)
+        return {**{n: p.view_as(p) for n, p in params.items()}, self.excluded[0]: weight, self.excluded[1]: bias}
 
-    def _check_labels(self, *labels: Tensor) -> None:
+    def check_labels(self, *labels: Tensor) -> None:
         ways = self.head.out_features
         for y in labels:
             if y.is_floating_point() or y.is_complex():
@@ -127,61 +107,23 @@ class ProtoMAML(MAML):
             raise MamlkitError(f"class {int(missing.nonzero()[0, 1])} has no support example in some task; "
                                f"ProtoMAML needs every class in every support set")
 
-    # -- meta-training ----------------------------------------------------------------------
-    def _objective(self, params, constants, support_x, support_y, query_x, query_y, map_tasks=None, *,
-                   step_weights: Tensor | None = None, first_order: bool | None = None) -> Tensor:
-        forward = partial(self._forward, constants)
-        first_order = self.first_order if first_order is None else first_order
 
-        def per_task(gradient, sx, sy, qx, qy):
-            start = self._task_start(params, constants, sx, sy)
-            return fn.query_loss(forward, self.loss_fn, start, sx, sy, qx, qy, self.inner_lr, self.inner_steps,
-                                 first_order, gradient, forward_at=self._forward_at(constants),
-                                 step_weights=step_weights)
+class ProtoMAML(MAML):
+    """ProtoMAML around an unmodified classifier whose last operation is a linear head.
 
-        return (map_tasks or self._map_tasks)(per_task, (support_x, support_y, query_x, query_y)).mean()
+    Args:
+        model, loss_fn, inner_lr, inner_steps, eval_inner_steps, first_order, batching, check_finite:
+            as for :class:`mamlkit.MAML`.
+        head: name of the final ``nn.Linear`` in ``model.named_modules()`` (default: the last one).
+            Its output must be the model's output; its ``out_features`` is the number of ways.
 
-    def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
-        """Mean post-adaptation query loss; differentiable through the inner loop and the prototypes."""
-        check_task_batch((support_x, support_y, query_x, query_y), self._reference_tensor())
-        self._check_labels(support_y, query_y)
-        return self._objective(self.parameters_to_adapt(), self._constants(), support_x, support_y, query_x, query_y,
-                               **self._variant_options())
+    Labels are integers in [0, ways) and every class needs at least one support example; ``adapt``
+    returns body and head (``steps=0``: the prototype classifier), ``predict`` needs those params.
+    """
 
-    # -- adaptation and evaluation ----------------------------------------------------------
-    def adapt(self, x: Tensor, y: Tensor, steps: int | None = None) -> fn.Params:
-        """Adapted parameters (body and head) for one task; ``steps=0`` gives the prototype classifier."""
-        check_task(x, y, self._reference_tensor())
-        self._check_labels(y)
-        steps = self.eval_inner_steps if steps is None else check_steps(steps, "steps")
-        gradient = fn.func_gradient if self._uses_vmap() else fn.autograd_gradient
-        constants = self._constants()
-        start = self._task_start(self.parameters_to_adapt(), constants, x, y)
-        return fn.adapt(partial(self._forward, constants), self.loss_fn, start, x, y, self.inner_lr, steps,
-                        self.first_order, gradient, forward_at=self._forward_at(constants))
-
-    def predict(self, x: Tensor, params=None, step: int | None = None) -> Tensor:
-        """Run the model with ``params`` from :meth:`adapt` (the head exists only for a support set)."""
-        if params is None:
-            raise MamlkitError("ProtoMAML builds its head from a support set: pass params=protomaml.adapt(x, y)")
-        return super().predict(x, params, step)
-
-    @torch.no_grad()
-    def evaluate(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
-                 steps: int | None = None, metrics=None, chunk_size: int | None = None) -> dict[str, Tensor]:
-        """As :meth:`MAML.evaluate`; step 0 is the prototype classifier."""
-        tensors = (support_x, support_y, query_x, query_y)
-        check_task_batch(tensors, self._reference_tensor())
-        self._check_labels(support_y, query_y)
-        steps = self.eval_inner_steps if steps is None else check_steps(steps, "steps")
-        metrics = dict(metrics or {"loss": self.loss_fn})
-        constants = self._constants()
-        forward = partial(self._forward, constants)
-        theta = {n: p.detach() for n, p in self.parameters_to_adapt().items()}
-
-        def per_task(gradient, sx, sy, qx, qy):
-            start = self._task_start(theta, constants, sx, sy)
-            return fn.adaptation_curve(forward, self.loss_fn, metrics, start, sx, sy, qx, qy, self.inner_lr,
-                                       steps, gradient, forward_at=self._forward_at(constants))
-
-        return self._curves_by_metric(per_task, tensors, metrics, chunk_size)
+    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 1, *, head: str | None = None,
+                 eval_inner_steps: int | None = None, first_order: bool = False, batching: str = "auto",
+                 check_finite: bool = True):
+        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps,
+                         first_order=first_order, batching=batching, check_finite=check_finite,
+                         strategy=PrototypeHead(model, head))

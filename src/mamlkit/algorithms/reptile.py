@@ -6,25 +6,51 @@ writes ``.grad = mean_i (θ − φ_i)``, so ``torch.optim.SGD(lr=ε)`` performs 
 (ε = 1 jumps to the mean adapted weights); Adam and friends treat it as any other gradient.
 """
 
-from functools import partial
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from mamlkit import functional as fn
-from mamlkit.algorithms._task_mean import mean_over_tasks
-from mamlkit.checks import check_task_batch
 from mamlkit.errors import MamlkitError
-from mamlkit.maml import MAML, accumulate_grad
+from mamlkit.maml import MAML
+from mamlkit.strategies import NotALoss, accumulate_grad, mean_over_tasks
 
 INNER_DATA = ("support", "all")
+
+
+class TowardAdapted(NotALoss):
+    """The meta-gradient mean_i (θ − φ_i), φ_i after first-order SGD on the task's ``inner_data``."""
+
+    name = "Reptile"
+
+    def __init__(self, inner_data: str):
+        super().__init__()
+        if inner_data not in INNER_DATA:
+            raise MamlkitError(f"inner_data must be one of {INNER_DATA}, got {inner_data!r}")
+        self.inner_data = inner_data
+
+    @torch.no_grad()
+    def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
+        theta = {name: p.detach() for name, p in maml.parameters_to_adapt().items()}
+        loop = maml.inner_loop(maml.selection.constants())
+
+        def per_task(gradient, sx, sy, qx, qy):
+            x, y = (sx, sy) if self.inner_data == "support" else (torch.cat([sx, qx]), torch.cat([sy, qy]))
+            phi = fn.last(self.path(loop, theta, theta, x, y, maml.inner_steps, gradient, True))
+            return {n: theta[n] - phi[n] for n in theta}, maml.loss_fn(loop.at(maml.inner_steps)(phi, qx), qy)
+
+        direction, loss = mean_over_tasks(maml, per_task, batch, theta)
+        accumulate_grad(maml.parameters_to_adapt(), direction)
+        return loss
 
 
 class Reptile(MAML):
     """Reptile around an unmodified ``nn.Module``, with MAML's ``adapt``/``predict``/``evaluate``.
 
     Args:
-        model, loss_fn, inner_lr, eval_inner_steps, batching: as for :class:`mamlkit.MAML`.
+        model, loss_fn, inner_lr, eval_inner_steps, batching, adapt_only, check_finite: as for
+            :class:`mamlkit.MAML`.
         inner_steps: SGD steps per task during meta-training (k; Reptile needs k > 1 to differ
             from joint training on all tasks).
         inner_data: ``"support"`` adapts on the support set only (the query set just gives the
@@ -32,33 +58,11 @@ class Reptile(MAML):
             update never evaluates a held-out loss.
     """
 
-    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 5, *,
-                 eval_inner_steps: int | None = None, inner_data: str = "support", batching: str = "auto"):
-        if inner_data not in INNER_DATA:
-            raise MamlkitError(f"inner_data must be one of {INNER_DATA}, got {inner_data!r}")
-        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps,
-                         first_order=True, batching=batching)
+    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 5, *, inner_data: str = "support",
+                 eval_inner_steps: int | None = None, batching: str = "auto",
+                 adapt_only: str | Sequence[str] | None = None, check_finite: bool = True):
+        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps, first_order=True,
+                         batching=batching, adapt_only=adapt_only, check_finite=check_finite,
+                         strategy=TowardAdapted(inner_data))
         if self.inner_steps < 1:
             raise MamlkitError("Reptile needs inner_steps >= 1 (with 0 the update is zero)")
-        self.inner_data = inner_data
-
-    def meta_loss(self, *batch):
-        raise MamlkitError("Reptile's update is not the gradient of a loss; call meta_backward(...) "
-                           "and then optimizer.step()")
-
-    @torch.no_grad()
-    def meta_backward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
-        """Add mean_i (θ − φ_i) to ``.grad``; return the mean query loss after adaptation."""
-        tensors = (support_x, support_y, query_x, query_y)
-        check_task_batch(tensors, self._reference_tensor())
-        theta = {name: p.detach() for name, p in self.parameters_to_adapt().items()}
-        forward = partial(self._forward, self._constants())
-
-        def per_task(gradient, sx, sy, qx, qy):
-            x, y = (sx, sy) if self.inner_data == "support" else (torch.cat([sx, qx]), torch.cat([sy, qy]))
-            phi = fn.adapt(forward, self.loss_fn, theta, x, y, self.inner_lr, self.inner_steps, True, gradient)
-            return {n: theta[n] - phi[n] for n in theta}, self.loss_fn(forward(phi, qx), qy)
-
-        direction, loss = mean_over_tasks(self, per_task, tensors, theta)
-        accumulate_grad(self.parameters_to_adapt(), direction)
-        return loss

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from mamlkit import functional as fn
 from mamlkit.functional import Params
+from mamlkit.linalg import conjugate_gradient
 from mamlkit.rl.policy import GaussianPolicy, gaussian_fisher_diagonal, gaussian_kl, gaussian_log_prob
 from mamlkit.rl.sampler import Episodes, per_task, task_distribution
 
@@ -129,25 +130,6 @@ def record_collecting_policy(batch: MetaBatch, mean: Tensor, log_std: Tensor) ->
     batch.old_log_prob = gaussian_log_prob(mean, log_std, batch.post.actions)
 
 
-def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10,
-                       tolerance: float = 1e-10) -> Tensor:
-    """Solve A x = b for symmetric positive-definite A given only x ↦ A x."""
-    x = torch.zeros_like(b)
-    r, p = b.clone(), b.clone()
-    rr = r @ r
-    for _ in range(iterations):
-        ap = matvec(p)
-        alpha = rr / (p @ ap)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = r @ r
-        if rr_new < tolerance:
-            break
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    return x
-
-
 @dataclass
 class TRPOSettings:
     max_kl: float = 0.01
@@ -172,7 +154,8 @@ def trpo_step(params: Params, objective: Callable[[Params], tuple[Tensor, Tensor
     def hvp(v: Tensor) -> Tensor:
         return fisher(v) + settings.cg_damping * v
 
-    direction = conjugate_gradient(hvp, -grad.detach(), settings.cg_iterations)
+    direction = conjugate_gradient(lambda v: {"x": hvp(v["x"])}, {"x": -grad.detach()}, settings.cg_iterations,
+                                   tol=1e-10)["x"]
     curvature = direction @ hvp(direction)
     full_step = torch.sqrt(2 * settings.max_kl / curvature.clamp_min(1e-12)) * direction
     old_loss = loss.item()

@@ -1,0 +1,94 @@
+"""How a per-task function runs over a meta-batch: ``vmap`` (one vectorised call), a Python loop of
+plain autograd, or either in chunks of tasks. ``auto`` takes vmap unless the model cannot.
+
+The seam for other mappings (a measured choice, chunked vmap in training) is ``TaskMapping``: its
+callers only pass a per-task function ``per_task(gradient, *task_tensors) -> Tensor`` and the tensors.
+"""
+
+import warnings
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from mamlkit import functional as fn
+from mamlkit.errors import MamlkitError
+from mamlkit.exact_norm import ExactNormalization
+from mamlkit.models.per_step_bn import PerStepBatchNorm
+
+BATCHING = ("auto", "vmap", "loop")
+
+
+def vmap_tasks(per_task, tensors: tuple[Tensor, ...]) -> Tensor:
+    """``per_task(gradient, *task_tensors)`` for every task as one vectorised call."""
+    with ExactNormalization():
+        return torch.vmap(partial(per_task, fn.func_gradient), randomness="different")(*tensors)
+
+
+def loop_tasks(per_task, tensors: tuple[Tensor, ...]) -> Tensor:
+    """``per_task(gradient, *task_tensors)`` task by task, with plain autograd."""
+    return torch.stack([per_task(fn.autograd_gradient, *(t[i] for t in tensors))
+                        for i in range(tensors[0].shape[0])])
+
+
+def running_stats_module(model: nn.Module) -> str | None:
+    """Name of a batch/instance norm that would update running statistics in this forward, if any."""
+    for name, module in model.named_modules():
+        if (isinstance(module, (nn.modules.batchnorm._NormBase, PerStepBatchNorm)) and module.training
+                and module.track_running_stats):
+            return name or type(module).__name__
+    return None
+
+
+class TaskMapping:
+    """vmap or loop for one model; ``auto`` falls back to the loop (warning once) when vmap fails."""
+
+    def __init__(self, batching: str = "auto", checkpoint_inner: bool = False):
+        if batching not in BATCHING:
+            raise MamlkitError(f"batching must be one of {BATCHING}, got {batching!r}")
+        if checkpoint_inner and batching == "vmap":
+            raise MamlkitError("checkpoint_inner=True runs tasks in a Python loop (torch.utils.checkpoint does "
+                               "not compose with vmap in torch 2.13); use batching='auto' or 'loop' and compile=False")
+        self.batching, self.checkpoint_inner, self.vmap_failed = batching, checkpoint_inner, False
+
+    def uses_vmap(self, model: nn.Module) -> bool:
+        """Whether tasks run under vmap for ``model`` as it is now (train/eval mode matters)."""
+        blocker = running_stats_module(model)
+        if self.batching == "vmap" and blocker:
+            raise MamlkitError(f"BatchNorm '{blocker}' updates running statistics, which vmap cannot do per "
+                               f"task; build it with track_running_stats=False (the paper's transductive mode) "
+                               f"or use batching='loop'")
+        if self.checkpoint_inner and blocker:
+            raise MamlkitError(f"checkpoint_inner=True recomputes forwards, which would update BatchNorm "
+                               f"'{blocker}' running statistics twice; use track_running_stats=False or "
+                               f"checkpoint_inner=False")
+        if self.batching == "loop" or self.vmap_failed or self.checkpoint_inner:
+            return False
+        if self.batching == "auto" and blocker:
+            warnings.warn(f"mamlkit: BatchNorm '{blocker}' tracks running statistics, so tasks run in a "
+                          f"Python loop; use track_running_stats=False to batch them with vmap", stacklevel=4)
+            return False
+        return True
+
+    def gradient(self, model: nn.Module) -> fn.Gradient:
+        """The inner gradient for one task outside the mapping (``adapt``)."""
+        return fn.func_gradient if self.uses_vmap(model) else fn.autograd_gradient
+
+    def __call__(self, model: nn.Module, per_task, tensors: tuple[Tensor, ...], chunk_size: int | None = None) -> Tensor:
+        """``per_task`` over the tasks of ``tensors``, ``chunk_size`` tasks at a time (all by default)."""
+        chunk_size = chunk_size or tensors[0].shape[0]
+        return torch.cat([self._map(model, per_task, tuple(t[i:i + chunk_size] for t in tensors))
+                          for i in range(0, tensors[0].shape[0], chunk_size)])
+
+    def _map(self, model: nn.Module, per_task, tensors: tuple[Tensor, ...]) -> Tensor:
+        if self.uses_vmap(model):
+            try:
+                return vmap_tasks(per_task, tensors)
+            except (RuntimeError, NotImplementedError) as error:
+                if self.batching == "vmap":
+                    raise
+                self.vmap_failed = True
+                reason = str(error).strip().splitlines()[0][:160]
+                warnings.warn(f"mamlkit: vmap cannot take this model ({reason}); tasks now run in a Python loop",
+                              stacklevel=4)
+        return loop_tasks(per_task, tensors)

@@ -1,0 +1,52 @@
+"""Learned inner learning rates (Meta-SGD, LSLR) as a module, so they are ordinary meta-parameters."""
+
+import torch
+from torch import Tensor, nn
+
+from mamlkit.errors import MamlkitError
+from mamlkit.functional import Params
+
+LEARN_LR = (None, "metasgd", "lslr")
+
+
+class LearnedRates(nn.Module):
+    """One rate tensor per adapted parameter, registered under the parameter's own dotted name.
+
+    ``metasgd``: one rate per parameter element (Li et al. 2017); ``lslr``: one per parameter
+    tensor and inner step (MAML++); ``None``: no rates, α stays fixed.
+    """
+
+    def __init__(self, kind: str | None, params: Params, inner_lr: float, inner_steps: int):
+        super().__init__()
+        if kind not in LEARN_LR:
+            raise MamlkitError(f"learn_lr must be one of {LEARN_LR}, got {kind!r}")
+        if kind is not None and inner_steps < 1:
+            raise MamlkitError(f"learn_lr={kind!r} needs inner_steps >= 1 (the rates are learned through the "
+                               f"inner steps)")
+        self.kind, self.inner_lr = kind, inner_lr
+        for name, p in params.items() if kind else ():
+            shape = p.shape if kind == "metasgd" else (inner_steps,)
+            self._owner(name).register_parameter(name.rsplit(".", 1)[-1], nn.Parameter(
+                torch.full(shape, inner_lr, dtype=p.dtype, device=p.device)))
+
+    def _owner(self, name: str) -> nn.Module:
+        """The (new) submodule that holds the rate of parameter ``name``: ``a.b.w`` lives in ``self.a.b``."""
+        owner = self
+        for part in name.split(".")[:-1]:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner = owner._modules[part]
+        return owner
+
+    def by_name(self) -> dict[str, nn.Parameter]:
+        return dict(self.named_parameters())
+
+    def schedule(self, rates: dict[str, Tensor] | None = None):
+        """The inner ``lr`` for functional.py: α, the Meta-SGD mapping, or LSLR's function of the step
+        (steps beyond the trained ones reuse the last rates); ``rates`` replace the learned tensors."""
+        rates = self.by_name() if rates is None else rates
+        if self.kind == "metasgd":
+            return dict(rates)
+        if self.kind == "lslr":
+            return lambda step: {n: r[min(step, r.shape[0] - 1)] for n, r in rates.items()}
+        return self.inner_lr

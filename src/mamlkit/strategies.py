@@ -1,0 +1,135 @@
+"""How a family forms the meta-gradient, over the pure inner loop of functional.py.
+
+A strategy says where a task's inner loop starts (θ, or θ plus a prototype head), which path it
+takes (plain gradient steps, or steps on a proximal problem) and how ``meta_backward`` turns the
+tasks into ``.grad`` (autograd through the unrolled loop, θ − φ, an implicit solve). ``MAML`` owns
+everything else: parameters, rates, task mapping, checks, ``adapt``/``predict``/``evaluate``.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+from mamlkit import functional as fn
+from mamlkit.errors import MamlkitError
+from mamlkit.mapping import vmap_tasks
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """What one task's inner loop needs, fixed for one call."""
+    at: Callable[[int], fn.Forward]  # the forward for the parameters after s inner steps
+    loss_fn: fn.LossFn
+    lr: object  # a number, a per-parameter mapping or a function of the step (functional.py)
+    checkpoint: bool = False
+
+
+def accumulate_grad(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
+    """Add ``grads`` into ``.grad`` as ``backward()`` would, so ``optimizer.step()`` applies them
+    (cloned: a gradient may be a view into a buffer shared by all parameters)."""
+    for name, p in tensors.items():
+        g = grads[name].detach()
+        p.grad = g.clone() if p.grad is None else p.grad + g
+
+
+def mean_over_tasks(maml, per_task, tensors: tuple[Tensor, ...], like: fn.Params) -> tuple[fn.Params, Tensor]:
+    """``per_task(gradient, *task) -> (dict like like, scalar)`` for every task; the task means. The
+    task mapping maps functions returning one tensor, so both travel as one flat vector."""
+    names = list(like)
+
+    def flat_task(gradient, *task):
+        result, scalar = per_task(gradient, *task)
+        return torch.cat([result[n].reshape(-1) for n in names] + [scalar.reshape(1)])
+
+    flat = maml.map_tasks(flat_task, tensors).mean(dim=0)
+    pieces = flat[:-1].split([like[n].numel() for n in names])
+    return {n: piece.view_as(like[n]) for n, piece in zip(names, pieces)}, flat[-1]
+
+
+class Strategy:
+    """The unrolled inner loop, differentiated by autograd: second order, or first order when the
+    inner gradient is detached (``first_order``). Other families override what differs."""
+
+    needs_support_set = False  # the model cannot predict before seeing a task (ProtoMAML's head)
+    excluded: tuple[str, ...] = ()  # parameters the strategy rebuilds per task instead of adapting
+
+    def __init__(self):
+        self._compiled = {}
+
+    def check_labels(self, *labels: Tensor) -> None:
+        """Refuse targets the strategy cannot use (ProtoMAML: class labels)."""
+
+    def start(self, maml, params: fn.Params, constants: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
+        """Where a task's inner loop starts: θ."""
+        return params
+
+    def path(self, loop: InnerLoop, start: fn.Params, theta: fn.Params, x: Tensor, y: Tensor, steps: int,
+             gradient: fn.Gradient, first_order: bool) -> Iterator[fn.Params]:
+        """θ_0 .. θ_steps of a task's inner loop on (x, y) from ``start``."""
+        return fn.trajectory(loop.at(0), loop.loss_fn, start, x, y, loop.lr, steps, first_order, gradient,
+                             forward_at=loop.at, checkpoint=loop.checkpoint)
+
+    def objective(self, maml, params: fn.Params, constants: fn.Params, batch: tuple[Tensor, ...], *, map_tasks,
+                  rates, first_order: bool, step_weights: Tensor | None) -> Tensor:
+        """The mean post-adaptation query loss as a function of θ, the constants and the rates."""
+        loop = maml.inner_loop(constants, rates)
+
+        def per_task(gradient, sx, sy, qx, qy):
+            path = self.path(loop, self.start(maml, params, constants, sx, sy), params, sx, sy, maml.inner_steps,
+                             gradient, first_order)
+            return fn.query_loss(loop.at, maml.loss_fn, path, qx, qy, step_weights)
+
+        return map_tasks(per_task, batch).mean()
+
+    def meta_loss(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
+        first_order, step_weights = maml.training_options()
+        return self.objective(maml, maml.parameters_to_adapt(), maml.selection.constants(), batch,
+                              map_tasks=maml.map_tasks, rates=None, first_order=first_order, step_weights=step_weights)
+
+    def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
+        """``meta_loss(...).backward()``; with ``checkpoint_inner`` task by task (one task's chain of
+        stored parameters alive at a time), with ``compile`` through a compiled ``grad_and_value``."""
+        if maml.checkpoint_inner:
+            tasks, losses = batch[0].shape[0], []
+            for i in range(tasks):
+                loss = self.meta_loss(maml, tuple(t[i:i + 1] for t in batch)) / tasks
+                loss.backward()
+                losses.append(loss.detach())
+            return torch.stack(losses).sum()
+        if maml.compile and maml.mapping.uses_vmap(maml.model):
+            return self._compiled_meta_backward(maml, batch)
+        loss = self.meta_loss(maml, batch)
+        loss.backward()
+        return loss.detach()
+
+    def _compiled_meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
+        """One compilation per derivative order; the step weights are an input, not a constant."""
+        first_order, step_weights = maml.training_options()
+        if first_order not in self._compiled:
+            self._compiled[first_order] = torch.compile(torch.func.grad_and_value(
+                partial(self._meta_objective, maml, first_order=first_order)))
+        meta = {"params": maml.parameters_to_adapt(), "fixed": maml.selection.fixed_trainable(),
+                "rates": maml.inner_lrs}
+        constants = {n: t for n, t in maml.selection.constants().items() if n not in meta["fixed"]}
+        grads, loss = self._compiled[first_order](meta, constants, batch, step_weights)
+        for group, tensors in meta.items():
+            accumulate_grad(tensors, grads[group])
+        return loss.detach()
+
+    def _meta_objective(self, maml, meta: dict[str, fn.Params], constants: fn.Params, batch, step_weights, *,
+                        first_order: bool) -> Tensor:
+        return self.objective(maml, meta["params"], {**constants, **meta["fixed"]}, batch, map_tasks=vmap_tasks,
+                              rates=meta["rates"], first_order=first_order, step_weights=step_weights)
+
+
+class NotALoss(Strategy):
+    """A family whose update is not the gradient of a loss graph (Reptile, iMAML)."""
+
+    name = "this algorithm"
+
+    def meta_loss(self, maml, batch):
+        raise MamlkitError(f"{self.name}'s update is not the gradient of a loss; call meta_backward(...) and then "
+                           f"optimizer.step()")
