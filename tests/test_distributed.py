@@ -60,7 +60,8 @@ def nested_max_difference(a, b) -> float:
 
 
 def test_two_processes_equal_one_process(tmp_path):
-    args = ["train", "sinusoid", "--iterations", "30", "--checkpoint-every", "30", *SMALL]
+    """With an uneven meta-batch (7 tasks: 4 + 3), so the all-reduce must weight each rank by its tasks."""
+    args = ["train", "sinusoid", "--iterations", "30", "--checkpoint-every", "30", *SMALL, "--meta-batch", "7"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     two = subprocess.run(torchrun(*args, "--out", str(tmp_path / "two")), env=ENV, capture_output=True, text=True,
                          timeout=300)
@@ -126,12 +127,12 @@ def test_killed_worker_restarts_group_from_last_checkpoint(tmp_path):
     assert iterations == list(range(10, 151, 10))  # records past the checkpoint were replaced, none repeated
 
 
-def test_meta_batch_that_does_not_split_is_a_one_line_error(tmp_path):
-    result = subprocess.run(torchrun("train", "sinusoid", *SMALL, "--meta-batch", "5", "--out", str(tmp_path / "r")),
+def test_meta_batch_smaller_than_the_processes_is_a_one_line_error(tmp_path):
+    result = subprocess.run(torchrun("train", "sinusoid", *SMALL, "--meta-batch", "1", "--out", str(tmp_path / "r")),
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("mamlkit: error")]
-    assert errors and all(re.fullmatch(r"mamlkit: error \(rank \d\): meta_batch 5 does not split over 2 "
+    assert errors and all(re.fullmatch(r"mamlkit: error \(rank \d\): meta_batch 1 cannot be shared by 2 "
                                        r"processes; .*--meta-batch.*", line) for line in errors), errors
     assert not (tmp_path / "r").exists()
 
@@ -178,12 +179,13 @@ def test_cuda_without_gpu_is_a_one_line_cli_error(tmp_path, capsys, monkeypatch)
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_shards_and_evaluation_parts_cover_every_task_once_in_order(monkeypatch, world):
     monkeypatch.setattr(distributed, "world_size", lambda: world)
-    batch = SinusoidTasks().sample(12, 2, 3, torch.Generator().manual_seed(0))
+    batch = SinusoidTasks().sample(11, 2, 3, torch.Generator().manual_seed(0))
     shards, parts = [], []
     for rank in range(world):
         monkeypatch.setattr(distributed, "rank", lambda: rank)
-        shard = distributed.shard(batch, 12)
-        assert type(shard) is SinusoidBatch and shard.support_x.shape[0] == 12 // world
+        shard = distributed.shard(batch, 11)
+        assert type(shard) is SinusoidBatch and shard.support_x.shape[0] == distributed.shard_size(11)
+        assert shard.support_x.shape[0] in (11 // world, 11 // world + 1)
         shards.append(shard)
         parts.append(distributed.span(10))
     for field in range(len(batch)):
@@ -194,8 +196,8 @@ def test_shards_and_evaluation_parts_cover_every_task_once_in_order(monkeypatch,
 
 def test_shard_errors_name_the_fix(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 4)
-    with pytest.raises(MamlkitError, match="meta_batch 6 does not split over 4 processes; pick a multiple of 4"):
-        distributed.shard_size(6)
+    with pytest.raises(MamlkitError, match="meta_batch 3 cannot be shared by 4 processes; use at least 4 tasks"):
+        distributed.shard_size(3)
     with pytest.raises(MamlkitError, match="3 evaluation tasks cannot be shared by 4 processes"):
         distributed.span(3)
 

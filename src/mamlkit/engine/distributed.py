@@ -1,9 +1,9 @@
 """Data-parallel meta-training under torchrun: shard the meta-batch, average the meta-gradients.
 
-Every rank draws the same global batch i from (seed, i) and keeps its slice of the tasks; the
-meta-objective is a mean over tasks, so the average of the ranks' equal-sized shard means is the
-mean over the whole batch, and averaging the gradients gives every rank the single-process
-meta-gradient. Each rank then takes the same optimizer step, so parameters stay in sync without
+Every rank draws the same global batch i from (seed, i) and keeps its slice of the tasks (the
+first ranks one task more when the batch does not divide); the meta-objective is a mean over
+tasks, so the ranks' shard means weighted by their task counts are the mean over the whole batch,
+and the weighted all-reduce gives every rank the single-process meta-gradient. Each rank then takes the same optimizer step, so parameters stay in sync without
 ever being broadcast. Outside torchrun (no ``WORLD_SIZE`` in the environment) everything here is
 a no-op for one process.
 """
@@ -81,12 +81,13 @@ def process_group(device_choice: str):
 
 
 def shard_size(total: int, name: str = "meta_batch") -> int:
-    """Tasks per rank; the meta-batch must split evenly so every rank's mean weighs the same."""
+    """This rank's number of tasks of a meta-batch of ``total``: every rank needs at least one."""
     world = world_size()
-    if total % world:
-        raise MamlkitError(f"{name} {total} does not split over {world} processes; pick a multiple of "
-                           f"{world} (--{name.replace('_', '-')}) or another --nproc-per-node")
-    return total // world
+    if total < world:
+        raise MamlkitError(f"{name} {total} cannot be shared by {world} processes; use at least {world} tasks "
+                           f"(--{name.replace('_', '-')}) or fewer processes (--nproc-per-node)")
+    part = span(total)
+    return part.stop - part.start
 
 
 def _like(batch, items: list):
@@ -103,12 +104,12 @@ def shard(batch, total: int):
     """This rank's slice along the task dimension of a task batch of ``total`` tasks."""
     if world_size() == 1:
         return batch
-    size = shard_size(total)
-    return select(batch, slice(rank() * size, (rank() + 1) * size))
+    shard_size(total)
+    return select(batch, span(total))
 
 
 def span(count: int) -> slice:
-    """This rank's contiguous part of ``count`` evaluation tasks (the first parts may be one longer)."""
+    """This rank's contiguous part of ``count`` tasks (the first parts may be one longer)."""
     world = world_size()
     if count < world:
         raise MamlkitError(f"{count} evaluation tasks cannot be shared by {world} processes; "
@@ -137,8 +138,9 @@ class CommunicationTimer:
 COMMUNICATION = CommunicationTimer()
 
 
-def average_gradients(parameters, loss: torch.Tensor) -> float:
-    """Average ``.grad`` of ``parameters`` and ``loss`` over the ranks in one flat all-reduce.
+def average_gradients(parameters, loss: torch.Tensor, tasks: int = 1) -> float:
+    """Average ``.grad`` of ``parameters`` and ``loss``, each a mean over this rank's ``tasks``,
+    over all ranks' tasks in one flat all-reduce (weighted by ``tasks``: shards may differ by one).
 
     Returns the global mean loss, so every rank logs and NaN-checks the same value. Parameters
     without a gradient are skipped (the same ones on every rank, since every rank runs the same code).
@@ -146,13 +148,15 @@ def average_gradients(parameters, loss: torch.Tensor) -> float:
     if world_size() == 1:
         return loss.item()
     grads = [p.grad for p in parameters if p.grad is not None]
-    bucket = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0] if grads else loss)])
+    like = grads[0] if grads else loss
+    weight = torch.tensor([float(tasks)], dtype=like.dtype, device=like.device)
+    bucket = torch.cat([g.reshape(-1) * weight for g in grads] + [loss.detach().reshape(1).to(like) * weight, weight])
     start = time.perf_counter()
     dist.all_reduce(bucket)
-    bucket /= world_size()
     COMMUNICATION.seconds += time.perf_counter() - start
     COMMUNICATION.bytes += bucket.numel() * bucket.element_size()
     COMMUNICATION.calls += 1
+    bucket = bucket[:-1] / bucket[-1]
     offset = 0
     for g in grads:
         g.copy_(bucket[offset:offset + g.numel()].view_as(g))

@@ -45,7 +45,7 @@ class MetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.maml.meta_backward(*batch[:4])
         parameters = optimizer_parameters(self.optimizer)
-        loss = distributed.average_gradients(parameters, loss)
+        loss = distributed.average_gradients(parameters, loss, tasks=batch[0].shape[0])
         if self.clip_value is not None:
             torch.nn.utils.clip_grad_value_(parameters, self.clip_value)
         self.optimizer.step()

@@ -85,7 +85,7 @@ class JointRegression:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(self.inputs(batch, x)), y)
         loss.backward()
-        loss = distributed.average_gradients(list(self.model.parameters()), loss)
+        loss = distributed.average_gradients(list(self.model.parameters()), loss, tasks=x.shape[0])
         self.optimizer.step()
         return {"mse" if self.loss_fn is F.mse_loss else "loss": loss}
 
