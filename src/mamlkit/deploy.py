@@ -87,6 +87,19 @@ def adapted_state_dict(model: torch.nn.Module, params: dict[str, torch.Tensor]) 
             for name, tensor in model.state_dict(keep_vars=True).items()}
 
 
+def classified(items: list, logits: torch.Tensor, classes: list[str], labels: list[str] | None
+               ) -> tuple[list[dict], dict]:
+    """Prediction rows (item, most probable class, its probability, the label if known) and accuracy."""
+    confidence, predicted = logits.softmax(dim=-1).max(dim=-1)
+    rows = [{"item": item, "prediction": classes[p], "probability": round(c, 6)}
+            for item, p, c in zip(items, predicted.tolist(), confidence.tolist())]
+    if labels is None:
+        return rows, {}
+    for row, label in zip(rows, labels):
+        row["label"] = label
+    return rows, {"accuracy": sum(row["prediction"] == row["label"] for row in rows) / len(rows)}
+
+
 class _ImageRun:
     """A few-shot image run: N class folders in, N-way classifier out."""
 
@@ -130,15 +143,7 @@ class _ImageRun:
         if len(items) == 1 and any(isinstance(m, TransductiveBatchNorm) for m in self.maml.model.modules()):
             raise MamlkitError(f"query set {query_path} holds one image, but this model normalises over the "
                                "images it is given (transductive BatchNorm, as in evaluation): give it two or more")
-        probabilities = self.maml.predict(x, params, step=self.steps(steps)).softmax(dim=-1).cpu()
-        confidence, predicted = probabilities.max(dim=-1)
-        rows = [{"item": item, "prediction": classes[p], "probability": round(c, 6)}
-                for item, p, c in zip(items, predicted.tolist(), confidence.tolist())]
-        if labels is None:
-            return rows, {}
-        for row, label in zip(rows, labels):
-            row["label"] = label
-        return rows, {"accuracy": sum(r["prediction"] == r["label"] for r in rows) / len(rows)}
+        return classified(items, self.maml.predict(x, params, step=self.steps(steps)).cpu(), classes, labels)
 
 
 class _TableRun:
@@ -195,21 +200,15 @@ class _TableRun:
     def predict(self, params: dict, classes, query_path, steps: int | None) -> tuple[list[dict], dict]:
         x, y, _ = self._read(query_path, labelled=None)
         output = self.maml.predict(x, params, step=self.steps(steps)).cpu()
-        if self.classes is None:
-            values = output[:, 0] * self.scaling.target_std + self.scaling.target_mean
-            rows = [{"item": i, "value": round(v, 6)} for i, v in enumerate(values.tolist())]
-        else:
-            confidence, predicted = output.softmax(dim=-1).max(dim=-1)
-            rows = [{"item": i, "prediction": self.classes[p], "probability": round(c, 6)}
-                    for i, (p, c) in enumerate(zip(predicted.tolist(), confidence.tolist()))]
+        items = list(range(len(output)))  # row numbers of the query table
+        if self.classes is not None:
+            labels = None if y is None else [self.classes[label] for label in y.tolist()]
+            return classified(items, output, self.classes, labels)
+        values = output[:, 0] * self.scaling.target_std + self.scaling.target_mean
+        rows = [{"item": i, "value": round(v, 6)} for i, v in zip(items, values.tolist())]
         if y is None:
             return rows, {}
-        y = y.cpu()
-        if self.classes is None:
-            truth = y[:, 0] * self.scaling.target_std + self.scaling.target_mean
-            for row, value in zip(rows, truth.tolist()):
-                row["target"] = round(value, 6)
-            return rows, {"mse": ((values - truth) ** 2).mean().item()}
-        for row, label in zip(rows, y.tolist()):
-            row["label"] = self.classes[label]
-        return rows, {"accuracy": sum(r["prediction"] == r["label"] for r in rows) / len(rows)}
+        truth = y.cpu()[:, 0] * self.scaling.target_std + self.scaling.target_mean
+        for row, value in zip(rows, truth.tolist()):
+            row["target"] = round(value, 6)
+        return rows, {"mse": ((values - truth) ** 2).mean().item()}
