@@ -11,7 +11,7 @@ by the files' sizes and modification times, ``size`` and ``channels``.
 import hashlib
 import json
 import os
-import warnings
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,13 +96,15 @@ def image_size(path: Path) -> tuple[int, int]:
         raise MamlkitError(f"image {path} is unreadable ({e}): replace it or delete it") from None
 
 
-def decode_all(files: list[Path], decode: Decode, workers: int | None = None) -> np.ndarray:
-    """Every file decoded, in order, [n, C, H, W]; warns once when the originals differ in size."""
+def decode_all(files: list[Path], decode: Decode, workers: int | None = None,
+               target: str = "the model's input size") -> np.ndarray:
+    """Every file decoded, in order, [n, C, H, W]; says once (on stderr) when the originals differ in
+    size, since each is then resized to ``target``."""
     sizes = sorted({image_size(path) for path in files})
     if len(sizes) > 1:
         shown = ", ".join(f"{w}x{h}" for w, h in sizes[:4]) + (", ..." if len(sizes) > 4 else "")
-        warnings.warn(f"mamlkit: the images under {Path(os.path.commonpath(files))} have mixed sizes ({shown}); "
-                      "each is resized to the configured size", stacklevel=2)
+        print(f"mamlkit: note: the images under {Path(os.path.commonpath(files))} have mixed sizes ({shown}); "
+              f"each is resized to {target}", file=sys.stderr)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         return np.stack(list(pool.map(decode, files)))
 
@@ -118,7 +120,7 @@ def load_image_folder(root: str | os.PathLike, size: int = 28, channels: int = 1
     cache_name = f"images-{size}-{channels}-{hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]}.npz"
 
     def build() -> ImageClasses:
-        decoded = decode_all(files, image_decoder(size, channels), workers)
+        decoded = decode_all(files, image_decoder(size, channels), workers, target=f"{size}x{size}")
         counts = np.array([len(paths) for paths in classes.values()])
         images = np.zeros((len(classes), counts.max(), channels, size, size), dtype=np.uint8)
         starts = np.concatenate([[0], np.cumsum(counts)])
