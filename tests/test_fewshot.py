@@ -36,10 +36,13 @@ def test_official_loss_scaling_is_sum_over_k():
 
 
 @needs_real_omniglot
-def test_omniglot_run_selects_on_validation_and_reevaluates(tmp_path, capsys):
+def test_omniglot_run_selects_on_validation_and_reevaluates(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    assert main(["train", "omniglot-5w1s", *TINY, "--iterations", "6", "--validate-every", "3",
-                 "--out", str(run)]) == 0
+    monkeypatch.chdir(REAL_OMNIGLOT.parent)  # a relative --data is stored absolute
+    assert main(["train", "omniglot-5w1s", *TINY, "--data", REAL_OMNIGLOT.name, "--iterations", "6",
+                 "--validate-every", "3", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["data"] == str(REAL_OMNIGLOT.resolve())
+    monkeypatch.chdir(tmp_path)
     results = json.loads((run / "results.json").read_text())
     assert len(results["accuracy"]) == 4 and results["eval_tasks"] == 20  # 0..3 inner steps
     assert results["checkpoint_iteration"] in (3, 6)
@@ -53,6 +56,11 @@ def test_omniglot_run_selects_on_validation_and_reevaluates(tmp_path, capsys):
     assert main(["eval", str(run)]) == 0
     assert json.loads((run / "results.json").read_text()) == results
     assert "test accuracy %" in capsys.readouterr().out
+    moved = tmp_path / "moved"  # the data set moved: eval --data finds it, the stored config stays
+    moved.symlink_to(REAL_OMNIGLOT.resolve())
+    config = (run / "config.json").read_text()
+    assert main(["eval", str(run), "--data", str(moved)]) == 0
+    assert json.loads((run / "results.json").read_text()) == results and (run / "config.json").read_text() == config
 
 
 @needs_real_omniglot
@@ -67,7 +75,7 @@ def test_impossible_episodes_get_one_line_errors(tmp_path, capsys, args, message
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "{tmp}/missing"], "Omniglot not found"),
+    (["--data", "{tmp}/missing"], "data folder"),
     (["--dataset", "imagenet"], "dataset must be one of omniglot, miniimagenet"),
 ])
 def test_bad_data_gets_one_line_errors(tmp_path, capsys, args, message):

@@ -170,12 +170,12 @@ def test_bad_input_gets_one_line_error(tmp_path, capsys, args, message):
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_resume_without_checkpoint_and_existing_out_are_refused(tmp_path, capsys):
+def test_existing_out_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"preset": "sinusoid", "iterations": 10}))
-    assert main(["train", "--resume", str(run)]) == 1
-    assert "no checkpoint in" in capsys.readouterr().err
+    assert main(["train", "sinusoid", "--out", str(run)]) == 1
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "ckpt-000000005.pt").write_bytes(b"x")
     assert main(["train", "sinusoid", "--out", str(run)]) == 1

@@ -127,9 +127,12 @@ def check_finite(loss: float, iteration: int, hint: str) -> None:
         raise MamlkitError(f"the loss became {loss} at iteration {iteration}; {hint}")
 
 
-def check_config(config, whole=(), positive=(), rates=(), choices=None) -> None:
-    """Validate a config dataclass: whole numbers >= 0, numbers >= 1, learning rates, and
-    fields restricted to a set of values."""
+def check_config(config, whole=(), positive=(), rates=(), choices=None, widths=()) -> None:
+    """Validate a config dataclass: whole numbers >= 0, numbers >= 1, learning rates, layer widths
+    (tuples of numbers >= 1) and fields restricted to a set of values."""
+    for name in widths:
+        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in getattr(config, name)):
+            raise MamlkitError(f"{name} must be layer widths of at least 1, got {getattr(config, name)}")
     for name in whole:
         check_steps(getattr(config, name), name)
     for name in positive:

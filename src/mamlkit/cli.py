@@ -13,8 +13,8 @@ import typing
 from pathlib import Path
 
 from mamlkit.engine import distributed
-from mamlkit.engine.checkpoint import PATTERN
-from mamlkit.engine.run import config_from_dict, create_run, read_run, write_run_config
+from mamlkit.engine.run import (evaluation_config, locked_on_main, opened_run, resumed_config, saved_config,
+                                with_overrides)
 from mamlkit.errors import MamlkitError
 from mamlkit.presets import PRESETS, get_preset
 
@@ -40,9 +40,7 @@ def _train(argv: list[str]) -> None:
     head.add_argument("--resume", type=Path, metavar="RUN")
     known, _ = head.parse_known_args(argv)
     if known.resume:
-        preset_name, saved = read_run(known.resume)
-        preset = get_preset(preset_name)
-        base = config_from_dict(type(preset.config), saved)
+        preset_name, preset, base = saved_config(known.resume)
     elif known.preset and not known.preset.startswith("-"):
         preset_name, preset = known.preset, get_preset(known.preset)
         base = preset.config
@@ -57,16 +55,20 @@ def _train(argv: list[str]) -> None:
     _config_flags(parser, base)
     args = vars(parser.parse_args(argv))
     overrides = {k: v for k, v in args.items() if k not in ("preset", "resume", "out")}
-    config = dataclasses.replace(base, **overrides)
+    if known.resume:
+        config = resumed_config(known.resume, preset_name, base, overrides, args.get("preset"))
+    else:
+        config = with_overrides(base, overrides)
     with distributed.process_group(config.device):
         _check_distributable(preset_name, preset.experiment)  # all checked before any folder is made
         distributed.resolve_device(config.device)
         if distributed.world_size() > 1:
             distributed.shard_size(config.meta_batch)
-        run_dir, resume = distributed.from_main(lambda: _open_run(known.resume, args.get("out"), preset_name, config))
-        if distributed.is_main():
-            print(f"mamlkit: {preset_name} -> {run_dir} ({distributed.world_size()} process(es))", file=sys.stderr)
-        preset.experiment.train(config, run_dir, resume=resume)
+        with opened_run(preset_name, config, known.resume, args.get("out")) as (run_dir, resume):
+            if distributed.is_main():
+                print(f"mamlkit: {preset_name} -> {run_dir} ({distributed.world_size()} process(es))",
+                      file=sys.stderr)
+            preset.experiment.train(config, run_dir, resume=resume)
 
 
 def _check_distributable(preset_name: str, experiment) -> None:
@@ -76,32 +78,18 @@ def _check_distributable(preset_name: str, experiment) -> None:
                            f"(or with --nproc-per-node 1)")
 
 
-def _open_run(resume: Path | None, out: Path | None, preset_name: str, config) -> tuple[Path, bool]:
-    """(run folder, whether to continue it): ``--resume``, a torchrun restart of a run that has
-    checkpoints, or a fresh folder. Under torchrun the default folder is named after the
-    rendezvous id, which stays the same across restarts."""
-    if out is None and distributed.launched_by_torchrun():
-        out = Path("runs") / f"{preset_name}-{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}"
-    restarted = out is not None and distributed.restart_count() > 0 and any((Path(out) / "checkpoints").glob(PATTERN))
-    if resume or restarted:
-        write_run_config(resume or out, preset_name, config)
-        return Path(resume or out), True
-    return create_run(out, preset_name, config), False
-
-
 def _eval(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="mamlkit eval", description="re-evaluate a saved run")
     parser.add_argument("run", type=Path)
     parser.add_argument("--device", choices=distributed.DEVICES, help="evaluate on this device instead of the run's")
+    parser.add_argument("--data", help="the data set's folder, if it moved since training (not stored)")
     args = parser.parse_args(argv)
-    preset_name, saved = read_run(args.run)
-    preset = get_preset(preset_name)
-    config = config_from_dict(type(preset.config), saved)
-    if args.device:
-        config = dataclasses.replace(config, device=args.device)
+    preset_name, preset, config = saved_config(args.run)
+    config = evaluation_config(config, device=args.device, data=args.data)
     with distributed.process_group(config.device):
         _check_distributable(preset_name, preset.experiment)
-        preset.experiment.evaluate(config, args.run)
+        with locked_on_main(args.run):
+            preset.experiment.evaluate(config, args.run)
 
 
 def _presets(argv: list[str]) -> None:
@@ -123,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (rank {os.environ['RANK']})" if distributed.launched_by_torchrun() else ""
         print(f"mamlkit: error{where}: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mamlkit: interrupted; continue with `mamlkit train --resume RUN`", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        run_dir = getattr(interrupt, "run_dir", None)
+        hint = f"; continue with `mamlkit train --resume {run_dir}`" if run_dir else ""
+        print(f"mamlkit: interrupted{hint}", file=sys.stderr)
         return 130
     return 0

@@ -1,65 +1,105 @@
-"""Checkpoints that survive a kill at any instant.
+"""Checkpoints that survive a kill at any instant and open safely with ``torch.load``.
 
-Each file is written to a temporary name, fsynced and renamed, so a reader sees either the old
-set of files or the new one. A SHA-256 of the payload heads the file: a truncated or corrupted
-checkpoint is detected on load and the previous good one is used instead.
+A checkpoint is a plain ``torch.save`` file of ``{"format": 2, "sha256": ..., "state": ...}``, so
+``torch.load(path, weights_only=True)`` opens it and no file can run code when loaded. The SHA-256
+covers every key, number and tensor byte of the state: a truncated or corrupted checkpoint is
+detected on load and the previous good one is used instead. Checkpoints of the first format (a
+text header line ``mamlkit-checkpoint sha256=...`` before the payload) still load.
+Each file is written atomically (``files.atomic_write_bytes``).
 """
 
 import hashlib
 import io
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from mamlkit.engine.files import atomic_write_bytes, writing
 from mamlkit.errors import MamlkitError
 
-MAGIC = b"mamlkit-checkpoint sha256="
+FORMAT = 2
+LEGACY_MAGIC = b"mamlkit-checkpoint sha256="
 PATTERN = "ckpt-*.pt"
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class CorruptCheckpoint(MamlkitError):
+    """A checkpoint file that is truncated, altered or not a checkpoint at all."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
+def state_digest(state) -> str:
+    """SHA-256 over the structure, keys, numbers and tensor bytes of a (nested) state."""
+    digest = hashlib.sha256()
+
+    def visit(value):
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key, item in value.items():
+                visit(key)
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__[0]}{len(value)}".encode())
+            for item in value:
+                visit(item)
+        else:
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+    visit(state)
+    return digest.hexdigest()
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "sha256": state_digest(state), "state": state}, buffer)
+    return buffer.getvalue()
 
 
 def save_checkpoint(directory: Path, iteration: int, state: dict, keep: int = 2) -> Path:
-    """Write ``ckpt-<iteration>.pt`` atomically and keep only the newest ``keep`` checkpoints."""
+    """Write ``ckpt-<iteration>.pt`` atomically, then keep only the newest ``keep`` checkpoints
+    (older ones are removed only once the new one is safely on disk)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
+    with writing(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"ckpt-{iteration:09d}.pt"
-    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    atomic_write_bytes(path, checkpoint_bytes(state))
     for old in sorted(directory.glob(PATTERN))[:-keep]:
-        old.unlink()
+        with writing(old):
+            old.unlink()
     return path
 
 
+def _load(source) -> object:
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: Path) -> dict:
-    """Load one checkpoint, verifying its checksum; raises MamlkitError if it is damaged."""
-    data = Path(path).read_bytes()
-    header, _, payload = data.partition(b"\n")
-    if not header.startswith(MAGIC) or hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC):]:
-        raise MamlkitError(f"checkpoint {path} is truncated or corrupt (checksum mismatch)")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    """Load one checkpoint, verifying its checksum; raises CorruptCheckpoint if it is damaged."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise MamlkitError(f"cannot read {path} ({error.strerror}); make it readable (chmod u+r)") from None
+    try:
+        if data.startswith(LEGACY_MAGIC):
+            header, _, payload = data.partition(b"\n")
+            if hashlib.sha256(payload).hexdigest().encode() == header[len(LEGACY_MAGIC):]:
+                return _load(io.BytesIO(payload))
+        else:
+            saved = _load(io.BytesIO(data))
+            if isinstance(saved, dict) and saved.get("format") == FORMAT and \
+                    saved.get("sha256") == state_digest(saved.get("state")):
+                return saved["state"]
+    except Exception:  # noqa: BLE001 - any failure to unpickle a damaged file means the same thing
+        pass
+    raise CorruptCheckpoint(f"checkpoint {path} is truncated or corrupt (checksum mismatch)")
+
+
+def checkpoint_iteration(path: Path) -> int:
+    return int(Path(path).stem.split("-")[1])
 
 
 def load_latest_checkpoint(directory: Path) -> tuple[dict, Path]:
@@ -69,24 +109,56 @@ def load_latest_checkpoint(directory: Path) -> tuple[dict, Path]:
     for path in candidates:
         try:
             return read_checkpoint(path), path
-        except MamlkitError as error:
+        except CorruptCheckpoint as error:
             warnings.warn(f"mamlkit: {error}; trying the previous one", stacklevel=2)
     if candidates:
-        raise MamlkitError(f"every checkpoint in {directory} is corrupt; start a new run without --resume")
-    raise MamlkitError(f"no checkpoint in {directory}; start a new run without --resume")
+        raise MamlkitError(f"every checkpoint in {directory} is corrupt; delete them (rm {directory}/{PATTERN}) "
+                           f"and `mamlkit train --resume {_run_folder(directory)}` trains the run again from "
+                           f"iteration 0")
+    raise MamlkitError(f"no checkpoint in {directory}; train the run first "
+                       f"(`mamlkit train --resume {_run_folder(directory)}`)")
+
+
+def remove_checkpoints_after(directory: Path, iteration: int) -> None:
+    """Delete checkpoints under ``directory`` (and its subfolders) from past ``iteration``: a run
+    continued from ``iteration`` must not report a best state that it has not reached again."""
+    for path in Path(directory).rglob(PATTERN):
+        if checkpoint_iteration(path) > iteration:
+            with writing(path):
+                path.unlink()
+
+
+def _run_folder(directory: Path) -> Path:
+    """The run folder holding ``directory`` (the nearest one with a config.json)."""
+    return next((p for p in (directory, *directory.parents) if (p / "config.json").is_file()), directory.parent)
+
+
+WEIGHTS = "weights.safetensors"
+
+
+def export_weights(run_dir: Path, states: dict[str, dict], **metadata) -> None:
+    """The evaluated weights as ``weights.safetensors`` (opens anywhere, no pickle), written
+    atomically; tensor ``<learner>.<key>`` for each learner's state_dict entry."""
+    from safetensors.torch import save
+
+    flat = {f"{learner}.{key}": value.detach().cpu().contiguous().clone()
+            for learner, state in states.items() for key, value in state.items() if isinstance(value, torch.Tensor)}
+    atomic_write_bytes(Path(run_dir) / WEIGHTS, save(flat, metadata={k: str(v) for k, v in metadata.items()}))
 
 
 class BestCheckpoint:
     """Keeps the state with the highest validation score so far in ``directory`` (one file), under
-    ``key`` in the saved dict; the score carries over a resume."""
+    ``key`` in the saved dict; the score carries over a resume (read at the first offer, after the
+    run folder has dropped checkpoints from past the resumed iteration)."""
 
     def __init__(self, directory: Path, key: str):
         self.directory, self.key = Path(directory), key
-        self.score = float("-inf")
-        if any(self.directory.glob(PATTERN)):
-            self.score = load_latest_checkpoint(self.directory)[0][key]
+        self.score: float | None = None
 
     def offer(self, iteration: int, score: float, state: dict) -> None:
+        if self.score is None:
+            saved = any(self.directory.glob(PATTERN))
+            self.score = load_latest_checkpoint(self.directory)[0][self.key] if saved else float("-inf")
         if score > self.score:
             self.score = score
             save_checkpoint(self.directory, iteration, {"iteration": iteration, self.key: score, **state}, keep=1)

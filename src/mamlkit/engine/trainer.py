@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mamlkit.checks import check_finite
 from mamlkit.engine import distributed
-from mamlkit.engine.checkpoint import load_latest_checkpoint, save_checkpoint
+from mamlkit.engine.checkpoint import load_latest_checkpoint, remove_checkpoints_after, save_checkpoint
 from mamlkit.engine.metrics import MetricsLog
 from mamlkit.maml import MAML
 
@@ -100,6 +100,8 @@ class TrainLoop:
     def run(self, start: int = 0) -> None:
         """Train from iteration ``start`` to ``iterations``; stops cleanly on a non-finite loss."""
         main = distributed.is_main()
+        if main:
+            remove_checkpoints_after(Path(self.run_dir) / "best", start)
         metrics = MetricsLog(self.run_dir, start) if main else None
         bar = tqdm(total=self.iterations, initial=start, unit="it", dynamic_ncols=True, disable=None if main else True)
         window_start, window_iterations = time.perf_counter(), 0

@@ -8,6 +8,7 @@ validation tasks and the test tasks are sharded over the ranks; rank 0 writes ev
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from mamlkit.algorithms import ALGORITHMS, from_settings
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
-from mamlkit.engine.checkpoint import BestCheckpoint, load_latest_checkpoint
+from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_latest_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
 from mamlkit.errors import MamlkitError
@@ -71,12 +72,16 @@ class FewShotConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml | protomaml (docs/algorithms.md)
     algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=2.0 cg_steps=5 for imaml
+    # options a resumed run may change: they leave what was trained so far valid
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("data", "iterations", "max_minutes", "validate_every", "checkpoint_every",
+                                            "log_every", "workers", "threads", "batching", "compile", "device",
+                                            "eval_tasks", "eval_chunk")
 
     def __post_init__(self):
-        check_config(self, whole=("inner_steps", "eval_inner_steps", "iterations", "workers"),
-                     positive=("ways", "shots", "queries", "meta_batch", "validate_every", "validation_tasks",
-                               "eval_tasks", "eval_chunk", "checkpoint_every", "log_every", "threads",
-                               "image_size"),
+        check_config(self, whole=("inner_steps", "eval_inner_steps", "workers"),
+                     positive=("iterations", "ways", "shots", "queries", "meta_batch", "validate_every",
+                               "validation_tasks", "eval_tasks", "eval_chunk", "checkpoint_every", "log_every",
+                               "threads", "image_size"),
                      rates=("inner_lr", "meta_lr"),
                      choices={"dataset": ("omniglot", "miniimagenet", "images"), "model": ("conv", "mlp"),
                               "loss_scale": ("official", "mean"), "compile": ("on", "off"),
@@ -228,6 +233,7 @@ def evaluate(config: FewShotConfig, run_dir: Path, samplers: dict | None = None)
     if not distributed.is_main():
         return results
     write_json(Path(run_dir) / "results.json", results)
+    export_weights(run_dir, {"maml": maml.state_dict()}, iteration=state["iteration"], algo=config.algo)
     print(format_table(results))
     from mamlkit.experiments.fewshot_plots import plot_learning_curve  # matplotlib only when plotting
     plot_learning_curve(run_dir, results, Path(run_dir) / "learning_curve.png")

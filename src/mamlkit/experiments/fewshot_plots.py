@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mamlkit.engine.files import save_figure  # noqa: E402
 from mamlkit.engine.metrics import read_metrics  # noqa: E402
 
 
@@ -27,5 +28,5 @@ def plot_learning_curve(run_dir: Path, results: dict, path: Path) -> None:
     right.set_ylabel("accuracy after adaptation (%)")
     right.legend(loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)

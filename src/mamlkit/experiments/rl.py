@@ -9,7 +9,9 @@ degrades as training shrinks the policy's σ, so the last iteration is not the b
 step, α then α/2 as in the paper.
 """
 
+import json
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
-from mamlkit.engine.checkpoint import BestCheckpoint, load_latest_checkpoint
+from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_latest_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import TrainLoop
 from mamlkit.errors import MamlkitError
@@ -69,10 +71,14 @@ class RLConfig:
     env_workers: int = 0  # processes stepping the gymnasium envs (gym backend); 0: in this process
     device: str = "cpu"  # the environments and the small policy run on the CPU
     render: bool = True  # a GIF of the adapted policy (MuJoCo) or a trajectory plot (2D navigation)
+    # options a resumed run may change: they leave what was trained so far valid
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "time_limit", "checkpoint_every", "log_every",
+                                            "validate_every", "threads", "env_threads", "env_workers", "render",
+                                            "eval_tasks")
 
     def __post_init__(self):
-        check_config(self, whole=("iterations", "eval_steps", "seed", "env_workers"),
-                     positive=("meta_batch", "trajectories", "horizon", "eval_tasks", "checkpoint_every",
+        check_config(self, whole=("eval_steps", "seed", "env_workers"), widths=("hidden",),
+                     positive=("iterations", "meta_batch", "trajectories", "horizon", "eval_tasks", "checkpoint_every",
                                "validation_tasks", "validate_every",
                                "log_every", "threads", "env_threads", "cg_iterations", "max_backtracks"),
                      rates=("inner_lr", "eval_inner_lr", "max_kl", "cg_damping", "time_limit"),
@@ -192,6 +198,8 @@ def evaluate(config: RLConfig, run_dir: Path) -> dict:
                "checkpoint_iteration": iterations, "eval_tasks": config.eval_tasks, "trajectories": config.trajectories,
                "tasks": tasks.tolist(), "results": results, **timing(run_dir)}
     write_json(Path(run_dir) / "results.json", summary)
+    export_weights(run_dir, {name: policy.state_dict() for name, policy in policies.items()},
+                   iterations=json.dumps(iterations))
     print(format_table(results))
     from mamlkit.experiments import rl_plots  # matplotlib only when plotting
     rl_plots.plot_learning_curve(run_dir, Path(run_dir) / "learning_curve.png")

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mamlkit.engine.files import save_figure, writing  # noqa: E402
 from mamlkit.engine.metrics import read_metrics  # noqa: E402
 
 COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray"}
@@ -29,7 +30,7 @@ def plot_learning_curve(run_dir: Path, path: Path) -> None:
     axis.set_ylabel("mean return (training tasks)")
     axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -45,7 +46,7 @@ def plot_returns_vs_steps(results: dict, env: str, path: Path) -> None:
     axis.set_title(env)
     axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -54,7 +55,8 @@ def render(config, env, policy, tasks, episodes, run_dir: Path) -> None:
     MuJoCo: a GIF of the policy after one step on test tasks (``mujoco_tasks.render_gif``)."""
     if config.env != "2dnav":
         from mamlkit.rl.mujoco_tasks import render_gif
-        render_gif(config, policy, tasks, Path(run_dir) / "adapted_policy.gif")
+        with writing(Path(run_dir) / "adapted_policy.gif"):
+            render_gif(config, policy, tasks, Path(run_dir) / "adapted_policy.gif")
         return
     shown = min(4, len(tasks))
     figure, axes = plt.subplots(1, shown, figsize=(3 * shown, 3.2), sharex=True, sharey=True, squeeze=False)
@@ -69,5 +71,5 @@ def render(config, env, policy, tasks, episodes, run_dir: Path) -> None:
         axis.set_title(f"task {index}")
     axes[0, 0].legend(fontsize=7, loc="best")
     figure.tight_layout()
-    figure.savefig(Path(run_dir) / "adapted_paths.png", dpi=120)
+    save_figure(figure, Path(run_dir) / "adapted_paths.png")
     plt.close(figure)

@@ -8,6 +8,7 @@ K ∈ {5, 10, 20} points of 600 held-out tasks for 0..10 steps and reports the M
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from mamlkit.algorithms import ALGORITHMS, accepts, from_settings
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
-from mamlkit.engine.checkpoint import load_latest_checkpoint
+from mamlkit.engine.checkpoint import export_weights, load_latest_checkpoint
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
 from mamlkit.errors import MamlkitError
@@ -54,10 +55,13 @@ class SinusoidConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml (see docs/algorithms.md)
     algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=10.0 for imaml
+    # options a resumed run may change: they leave what was trained so far valid
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "checkpoint_every", "log_every", "compile", "threads",
+                                            "device", "eval_tasks", "eval_shots", "eval_points")
 
     def __post_init__(self):
-        check_config(self, whole=("iterations", "inner_steps", "eval_steps"),
-                     positive=("meta_batch", "support", "query", "eval_tasks", "eval_points", "threads",
+        check_config(self, whole=("inner_steps", "eval_steps"), widths=("hidden",),
+                     positive=("iterations", "meta_batch", "support", "query", "eval_tasks", "eval_points", "threads",
                                "checkpoint_every", "log_every"),
                      rates=("inner_lr", "meta_lr"), choices={"compile": ("auto", "on", "off"),
                                                                "device": distributed.DEVICES,
@@ -198,6 +202,7 @@ def write_outputs(config: SinusoidConfig, run_dir: Path, learners: dict[str, MAM
     write_json(Path(run_dir) / "results.json", {"metric": "mse after each inner step (index = steps)",
                                                 "algo": config.algo, "eval_tasks": config.eval_tasks,
                                                 "results": results})
+    export_weights(run_dir, {name: learner.state_dict() for name, learner in learners.items()}, algo=config.algo)
     print(format_table(results))
     from mamlkit.experiments import sinusoid_plots  # matplotlib only when plotting
     sinusoid_plots.plot_adaptation(learners, adapted_predictions, Path(run_dir) / "fig2_adaptation.png")

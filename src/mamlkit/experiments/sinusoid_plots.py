@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from mamlkit.engine.files import save_figure  # noqa: E402
 from mamlkit.tasks.sinusoid import SinusoidTasks  # noqa: E402
 
 STEP_STYLES = {0: ("pre-update", ":"), 1: ("1 grad step", "--"), 10: ("10 grad steps", "-")}
@@ -37,7 +38,7 @@ def plot_adaptation(learners: dict, adapted_predictions, path: Path, shots=(5, 1
             ax.set_ylim(-5.5, 5.5)
             ax.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -56,5 +57,5 @@ def plot_mse_vs_steps(results: dict, path: Path, metric: str = "mse") -> None:
         ax.set_ylabel("mean squared error" if metric == "mse" else f"{metric} (%)")
         ax.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)
