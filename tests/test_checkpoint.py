@@ -49,7 +49,7 @@ def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(MamlkitError, match="no checkpoint in .*; train the run first"):
         load_latest_checkpoint(tmp_path)
     save_checkpoint(tmp_path, 1, {"iteration": 1}).write_bytes(b"garbage")
-    with pytest.warns(UserWarning), pytest.raises(MamlkitError, match="every checkpoint .* is corrupt; delete them"):
+    with pytest.warns(UserWarning), pytest.raises(MamlkitError, match="every checkpoint .* is corrupt; train the run again from iteration 0"):
         load_latest_checkpoint(tmp_path)
 
 

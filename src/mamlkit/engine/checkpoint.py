@@ -112,9 +112,9 @@ def load_latest_checkpoint(directory: Path) -> tuple[dict, Path]:
         except CorruptCheckpoint as error:
             warnings.warn(f"mamlkit: {error}; trying the previous one", stacklevel=2)
     if candidates:
-        raise MamlkitError(f"every checkpoint in {directory} is corrupt; delete them (rm {directory}/{PATTERN}) "
-                           f"and `mamlkit train --resume {_run_folder(directory)}` trains the run again from "
-                           f"iteration 0")
+        run = _run_folder(directory)
+        raise MamlkitError(f"every checkpoint in {directory} is corrupt; train the run again from iteration 0: "
+                           f"`rm -rf {run / 'checkpoints'} {run / 'best'} && mamlkit train --resume {run}`")
     raise MamlkitError(f"no checkpoint in {directory}; train the run first "
                        f"(`mamlkit train --resume {_run_folder(directory)}`)")
 

@@ -89,6 +89,15 @@ def save_figure(figure, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder``: raises the one-line error a later write would meet."""
+    probe = temporary_path(Path(folder) / "write-probe")
+    with writing(folder):
+        with open(probe, "wb") as handle:
+            write_all(handle, b"")
+        probe.unlink()
+
+
 def remove_temporaries(directory: Path) -> None:
     """Delete ``.*.tmp`` files a killed process left in ``directory`` and its subfolders."""
     for leftover in Path(directory).rglob(f".*{TEMPORARY_SUFFIX}"):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import PATTERN, checkpoint_iteration, load_latest_checkpoint
-from mamlkit.engine.files import (TEMPORARY_SUFFIX, atomic_write_bytes, io_error, remove_temporaries,
-                                  temporary_path, write_all, writing)
+from mamlkit.engine.files import (TEMPORARY_SUFFIX, atomic_write_bytes, check_writable, remove_temporaries,
+                                  writing)
 from mamlkit.errors import MamlkitError
 
 CONFIG = "config.json"
@@ -143,21 +143,11 @@ def _check_new_folder(run_dir: Path) -> None:
         raise MamlkitError(f"{run_dir} is not empty ({shown}) and is not a mamlkit run; choose a new or empty --out")
 
 
-def _check_writable(run_dir: Path) -> None:
-    """Create and remove a file in the folder and each subfolder: fails as a later write would."""
-    for folder, _, _ in os.walk(run_dir):
-        probe = temporary_path(Path(folder) / "write-probe")
-        try:
-            with open(probe, "wb") as handle:
-                write_all(handle, b"")
-            probe.unlink()
-        except OSError as error:
-            raise io_error(Path(folder), error) from None
-
-
 def _check_checkpoints(run_dir: Path, config) -> bool:
-    """Whether the run has an intact checkpoint (every one corrupt is an error); it may not lie
-    beyond the requested iterations."""
+    """Whether the run has an intact checkpoint; every checkpoint of a folder (``checkpoints/`` or
+    a ``best/`` one) corrupt is an error, and the run may not lie beyond the requested iterations."""
+    for folder in sorted({path.parent for path in (run_dir / "best").rglob(PATTERN)}):
+        load_latest_checkpoint(folder)
     if not any((run_dir / "checkpoints").glob(PATTERN)):
         return False
     _, path = load_latest_checkpoint(run_dir / "checkpoints")
@@ -208,7 +198,8 @@ def _update_config(run_dir: Path, preset_name: str, config) -> None:
 def _open_existing(run_dir: Path, preset_name: str, config) -> bool:
     check_data(config)
     with_checkpoint = _check_checkpoints(run_dir, config)
-    _check_writable(run_dir)
+    for folder, _, _ in os.walk(run_dir):
+        check_writable(Path(folder))
     remove_temporaries(run_dir)
     _update_config(run_dir, preset_name, config)
     return with_checkpoint
@@ -223,7 +214,7 @@ def _open_new(run_dir: Path, preset_name: str, config, stack: contextlib.ExitSta
     try:
         stack.enter_context(locked(run_dir))
         _check_new_folder(run_dir)  # again under the lock: no other process filled it meanwhile
-        _check_writable(run_dir)
+        check_writable(run_dir)
         remove_temporaries(run_dir)
         _write_config(run_dir, preset_name, config)
     except BaseException:
