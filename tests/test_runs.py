@@ -16,7 +16,6 @@ import torch
 
 from mamlkit.cli import main
 from mamlkit.engine.checkpoint import load_latest_checkpoint, read_checkpoint, save_checkpoint
-from mamlkit.engine.run import locked
 from mamlkit.engine.trainer import TrainLoop
 from mamlkit.experiments.fewshot import FewShotConfig
 
@@ -205,6 +204,8 @@ def test_file_size_limit_is_one_line_and_loses_nothing(tmp_path):
 
 
 def test_a_locked_folder_is_refused(run, capsys):
+    from mamlkit.engine.run import locked
+
     before = folder_hashes(run)
     with locked(run):
         assert "is in use by another mamlkit process" in one_line_error(capsys, ["train", "--resume", str(run)])

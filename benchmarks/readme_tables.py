@@ -1,0 +1,60 @@
+"""Regenerate README.md's result tables from the committed run folders, so they cannot go stale.
+
+A table is marked in README.md by a line ``<!-- table from benchmarks/results/FOLDER -->`` before
+it and ``<!-- end of table -->`` after it; it is the run's own ``format_table`` (the table the run
+printed) applied to its ``results.json``. ``--check`` only reports whether README.md is up to date
+(exit 1 if not; tests/test_readme_tables.py runs it).
+
+    python benchmarks/readme_tables.py [--check]
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKED = re.compile(r"(<!-- table from (benchmarks/results/[\w.-]+) -->\n)(.*?)(<!-- end of table -->)", re.S)
+
+
+def table(folder: Path) -> str:
+    """The run's results as its experiment prints them."""
+    from mamlkit.engine.run import saved_config
+
+    _, preset, _ = saved_config(folder)
+    results = json.loads((folder / "results.json").read_text())
+    return preset.experiment.format_table(results.get("results", results))
+
+
+def markdown(text: str) -> str:
+    """A blank line between the table's rows and a note under it (else Markdown reads it as a row)."""
+    lines = text.split("\n")
+    return "\n".join(line if not (i and lines[i - 1].startswith("|") and not line.startswith("|")) else "\n" + line
+                     for i, line in enumerate(lines))
+
+
+def regenerate(readme: str) -> str:
+    return MARKED.sub(lambda m: f"{m[1]}{markdown(table(ROOT / m[2]))}\n{m[4]}", readme)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = parser.parse_args()
+    path = ROOT / "README.md"
+    current = path.read_text()
+    updated = regenerate(current)
+    if args.check:
+        if updated != current:
+            print("README.md tables differ from benchmarks/results; run python benchmarks/readme_tables.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(updated)
+    print(f"{len(MARKED.findall(current))} tables regenerated in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
