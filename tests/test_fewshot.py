@@ -75,7 +75,7 @@ def test_impossible_episodes_get_one_line_errors(tmp_path, capsys, args, message
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "{tmp}/missing"], "data folder"),
+    (["--data", "{tmp}/missing"], "data path"),
     (["--dataset", "imagenet"], "dataset must be one of omniglot, miniimagenet"),
 ])
 def test_bad_data_gets_one_line_errors(tmp_path, capsys, args, message):

@@ -116,10 +116,10 @@ def test_fewshot_resume_with_a_missing_data_folder_is_refused_before_any_write(t
     (run / "config.json").write_text(json.dumps({"preset": "omniglot-5w1s", **config}))
     before = folder_hashes(run)
     err = one_line_error(capsys, ["train", "--resume", str(run), "--data", "/nonexistent"])
-    assert "data folder /nonexistent does not exist; pass --data" in err
+    assert "data path /nonexistent does not exist; pass --data" in err
     assert folder_hashes(run) == before
     err = one_line_error(capsys, ["eval", str(run), "--data", "/nonexistent"])
-    assert "data folder /nonexistent does not exist" in err
+    assert "data path /nonexistent does not exist" in err
     assert folder_hashes(run) == before
 
 

@@ -25,7 +25,11 @@ from mamlkit.errors import MamlkitError
 
 CONFIG = "config.json"
 HISTORY = "config-history.jsonl"
-PATH_FIELDS = ("data",)  # stored absolute, so eval works from any directory
+# options any resumed run may change: the schedule, resources and evaluation size, none of which
+# makes what was trained so far invalid; a config class adds its own in ``RESUMABLE``
+RESUMABLE = ("iterations", "max_minutes", "time_limit", "checkpoint_every", "log_every", "validate_every", "threads",
+             "device", "compile", "batching", "workers", "eval_tasks", "eval_chunk")
+PATH_FIELDS = ("data", "split_files")  # stored absolute (when given), so eval works from any directory
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -79,7 +83,7 @@ def with_overrides(config, overrides: dict):
     """``config`` with options replaced (and checked by its class): lists as tuples, as in the
     dataclass, and paths absolute, so the stored config works from any directory."""
     def normal(name, value):
-        if name in PATH_FIELDS:
+        if name in PATH_FIELDS and value:
             return str(Path(value).expanduser().resolve())
         return tuple(value) if isinstance(value, list) else value
 
@@ -88,13 +92,13 @@ def with_overrides(config, overrides: dict):
 
 def resumed_config(run_dir: Path, preset_name: str, saved, overrides: dict, named_preset: str | None = None):
     """The saved config with ``overrides`` applied; only options that leave what was trained so far
-    valid (the config class's ``RESUMABLE``) may differ from the saved values, and a preset named
-    beside --resume must be the run's."""
+    valid (``RESUMABLE`` and the config class's own) may differ from the saved values, and a preset
+    named beside --resume must be the run's."""
     if named_preset is not None and named_preset != preset_name:
         raise MamlkitError(f"{run_dir} is a run of preset {preset_name}, not {named_preset}; drop the preset "
                            f"name to continue it, or start a new {named_preset} run with another --out")
     config = with_overrides(saved, overrides)  # each value checked first, by the config class
-    allowed = getattr(type(saved), "RESUMABLE", ())
+    allowed = RESUMABLE + getattr(type(saved), "RESUMABLE", ())
     for name in overrides:
         if getattr(config, name) != getattr(saved, name) and name not in allowed:
             flag = "--" + name.replace("_", "-")
@@ -104,10 +108,10 @@ def resumed_config(run_dir: Path, preset_name: str, saved, overrides: dict, name
 
 
 def check_data(config) -> None:
-    """A data folder must exist unless the run downloads it."""
+    """A data path given must exist unless the run downloads it."""
     data = getattr(config, "data", None)
-    if data is not None and not getattr(config, "download", False) and not Path(data).is_dir():
-        raise MamlkitError(f"data folder {data} does not exist; pass --data with the folder that holds the data set")
+    if data and not getattr(config, "download", False) and not Path(data).exists():
+        raise MamlkitError(f"data path {data} does not exist; pass --data with the data set's folder or file")
 
 
 def default_folder(preset_name: str) -> Path:

@@ -8,9 +8,9 @@ validation tasks and the test tasks are sharded over the ranks; rank 0 writes ev
 """
 
 from dataclasses import dataclass
-from typing import ClassVar
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -72,10 +72,8 @@ class FewShotConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml | protomaml (docs/algorithms.md)
     algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=2.0 cg_steps=5 for imaml
-    # options a resumed run may change: they leave what was trained so far valid
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("data", "iterations", "max_minutes", "validate_every", "checkpoint_every",
-                                            "log_every", "workers", "threads", "batching", "compile", "device",
-                                            "eval_tasks", "eval_chunk")
+    # options a resumed run may change besides engine.run.RESUMABLE (they keep the training valid)
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("data",)
 
     def __post_init__(self):
         check_config(self, whole=("inner_steps", "eval_inner_steps", "workers"),

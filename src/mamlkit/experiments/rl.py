@@ -11,8 +11,8 @@ step, α then α/2 as in the paper.
 
 import json
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -71,10 +71,8 @@ class RLConfig:
     env_workers: int = 0  # processes stepping the gymnasium envs (gym backend); 0: in this process
     device: str = "cpu"  # the environments and the small policy run on the CPU
     render: bool = True  # a GIF of the adapted policy (MuJoCo) or a trajectory plot (2D navigation)
-    # options a resumed run may change: they leave what was trained so far valid
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "time_limit", "checkpoint_every", "log_every",
-                                            "validate_every", "threads", "env_threads", "env_workers", "render",
-                                            "eval_tasks")
+    # options a resumed run may change besides engine.run.RESUMABLE (they keep the training valid)
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("env_threads", "env_workers", "render")
 
     def __post_init__(self):
         check_config(self, whole=("eval_steps", "seed", "env_workers"), widths=("hidden",),

@@ -8,9 +8,9 @@ K ∈ {5, 10, 20} points of 600 held-out tasks for 0..10 steps and reports the M
 """
 
 from dataclasses import dataclass
-from typing import ClassVar
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +55,8 @@ class SinusoidConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml (see docs/algorithms.md)
     algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=10.0 for imaml
-    # options a resumed run may change: they leave what was trained so far valid
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "checkpoint_every", "log_every", "compile", "threads",
-                                            "device", "eval_tasks", "eval_shots", "eval_points")
+    # options a resumed run may change besides engine.run.RESUMABLE (they keep the training valid)
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_shots", "eval_points")
 
     def __post_init__(self):
         check_config(self, whole=("inner_steps", "eval_steps"), widths=("hidden",),
