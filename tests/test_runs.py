@@ -3,6 +3,7 @@ a folder is a mamlkit run of its preset or refused, and the advice in each error
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -241,3 +242,28 @@ def test_interrupt_names_the_real_folder(run, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--iterations", "30"]) == 130
     assert capsys.readouterr().err.strip().endswith(f"interrupted; continue with `mamlkit train --resume {run}`")
+
+
+def test_cli_checkpoints_open_with_plain_torch_load_and_weights_with_safetensors(run):
+    from safetensors.torch import load_file
+
+    for path in (run / "checkpoints").glob("ckpt-*.pt"):
+        saved = torch.load(path, weights_only=True)
+        assert saved["format"] == 2 and set(saved["state"]["learners"]) == {"maml", "pretrained", "oracle"}
+    weights = load_file(run / "weights.safetensors")
+    final = final_models(run)
+    assert torch.equal(weights["maml.0.weight"], final["maml"]["0.weight"])
+
+
+def test_a_run_with_first_format_checkpoints_still_resumes(trained, run):
+    """Checkpoints from before the change: a text header line, then the pickled state."""
+    for path in (run / "checkpoints").glob("ckpt-*.pt"):
+        buffer = io.BytesIO()
+        torch.save(read_checkpoint(path), buffer)
+        payload = buffer.getvalue()
+        path.write_bytes(b"mamlkit-checkpoint sha256=" + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    latest = sorted((run / "checkpoints").glob("ckpt-*.pt"))[-1]
+    latest.write_bytes(latest.read_bytes()[:200])  # and the newest damaged: back to the one before
+    with pytest.warns(UserWarning, match="trying the previous one"):
+        assert main(["train", "--resume", str(run)]) == 0
+    assert_same_result(trained, run)
