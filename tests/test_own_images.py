@@ -57,7 +57,7 @@ def trained(tmp_path_factory):
 def task_folders(tree, target, classes, images):
     """A support or query folder: the given images of the given classes of the tree."""
     for c in classes:
-        source = next(tree.glob(f"*/class{c:02d}"))
+        source = next(tree.glob(f"**/class{c:02d}"))
         (target / source.name).mkdir(parents=True)
         for i in images:
             shutil.copy(source / f"{i}.png", target / source.name / f"{i}.png")
@@ -219,3 +219,17 @@ def test_bad_image_folders_get_one_line_errors(tmp_path, capsys):
         load_image_folder(empty)
     with pytest.raises(MamlkitError, match="does not exist"):
         load_image_folder(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("model", ["conv", "mlp"])
+def test_rgb_images_train_either_network(tmp_path, model):
+    tree = make_tree(tmp_path / "tree", classes=6, per_class=3, grouped=False)
+    run = tmp_path / "run"
+    assert main(["train", "images", "--data", str(tree), "--ways", "2", "--channels", "3", "--image-size", "12",
+                 "--model", model, "--rotations", "--split-fractions", "0.34", "0.33", "0.33", "--meta-batch", "2",
+                 "--iterations", "2", "--validate-every", "2", "--validation-tasks", "2", "--eval-tasks", "2",
+                 "--threads", "1", "--out", str(run)]) == 0
+    support = task_folders(tree, tmp_path / "support", (0, 1), images=(0,))
+    state = torch.load(adapt_run(run, support, out=tmp_path / "w.pt"), weights_only=True)
+    first = state["0.0.weight"] if model == "conv" else state["1.0.weight"]
+    assert first.shape[1] == (3 if model == "conv" else 3 * 12 * 12)  # RGB input
