@@ -227,4 +227,7 @@ def format_table(results: dict) -> str:
              "|---|" + "---|" * steps]
     for name, row in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{m:.1f} ± {c:.1f}" for m, c in zip(row["return"], row["ci95"])) + " |")
+        for direction in ("forward", "backward"):  # direction tasks: each direction's mean
+            if direction in row:
+                lines.append(f"| {name} {direction} | " + " | ".join(f"{m:.1f}" for m in row[direction]) + " |")
     return "\n".join(lines)
