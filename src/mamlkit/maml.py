@@ -21,21 +21,21 @@ from mamlkit.strategies import InnerLoop, Strategy
 RATE_PREFIX = "inner_lr."  # learned rates in named_parameters() / state_dict(): "inner_lr.<parameter name>"
 # (attribute prefix, public prefix) of state_dict keys and parameter names: the model's own keys stay
 # unprefixed, so a MAML checkpoint is a model checkpoint plus rates (and MAML++'s counter).
-PUBLIC_KEYS = (("rates.", RATE_PREFIX), ("schedule.", "mamlpp."), ("model.", ""))
+PUBLIC = (("rates.", RATE_PREFIX), ("schedule.", "mamlpp."), ("model.", ""))
+INTERNAL = tuple((public, inner) for inner, public in PUBLIC)
 
 
-def _public(key: str, prefix: str = "") -> str:
-    for inner, public in PUBLIC_KEYS:
-        if key.startswith(prefix + inner):
-            return prefix + public + key[len(prefix + inner):]
+def _rename(key: str, prefix: str, pairs) -> str:
+    """``key`` with its first matching ``prefix + old`` replaced by ``prefix + new``."""
+    for old, new in pairs:
+        if key.startswith(prefix + old):
+            return prefix + new + key[len(prefix + old):]
     return key
 
 
-def _internal(key: str, prefix: str = "") -> str:
-    for inner, public in PUBLIC_KEYS:
-        if key.startswith(prefix + public):
-            return prefix + inner + key[len(prefix + public):]
-    return key
+def _rename_keys(state: dict, prefix: str, pairs) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        state[_rename(key, prefix, pairs)] = state.pop(key)
 
 
 class MAML(nn.Module):
@@ -98,8 +98,8 @@ class MAML(nn.Module):
         self._step_buffers = [f"{name}.step" if name else "step" for name, m in model.named_modules()
                               if isinstance(m, PerStepBatchNorm)]
         self._checked_dtypes = set()
-        self.register_state_dict_post_hook(_public_state_keys)
-        self.register_load_state_dict_pre_hook(_internal_state_keys)
+        self.register_state_dict_post_hook(lambda module, state, prefix, meta: _rename_keys(state, prefix, PUBLIC))
+        self.register_load_state_dict_pre_hook(lambda module, state, prefix, *_: _rename_keys(state, prefix, INTERNAL))
         if self.checkpoint_inner and batching == "auto":
             warnings.warn("mamlkit: checkpoint_inner=True: torch.utils.checkpoint does not compose with vmap in "
                           "torch 2.13, so tasks run in a Python loop", stacklevel=2)
@@ -117,7 +117,7 @@ class MAML(nn.Module):
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
         """The meta-parameters: the model's parameters (its own names), then the rates as ``inner_lr.<name>``."""
         for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
-            yield _public(name, prefix + "." if prefix else ""), p
+            yield _rename(name, prefix + "." if prefix else "", PUBLIC), p
 
     def load_state_dict(self, state: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
         """Load ``state_dict()`` output (a plain model state dict where no rates are learned)."""
@@ -215,8 +215,9 @@ class MAML(nn.Module):
         self.strategy.check_labels(y)
         steps = self.eval_inner_steps if steps is None else check_steps(steps, "steps")
         constants = self.selection.constants()
+        gradient = fn.func_gradient if self.mapping.uses_vmap(self.model) else fn.autograd_gradient
         adapted = fn.last(self._path(self.inner_loop(constants), self.parameters_to_adapt(), constants, x, y, steps,
-                                     self.mapping.gradient(self.model), self.first_order))
+                                     gradient, self.first_order))
         return self._finite(adapted, "the adapted parameters")
 
     def predict(self, x: Tensor, params: Mapping[str, Tensor] | None = None, step: int | None = None) -> Tensor:
@@ -256,12 +257,3 @@ class MAML(nn.Module):
         curves = self._finite(self.map_tasks(per_task, batch, chunk_size), "the evaluation metrics")
         return {name: curves[:, :, j] for j, name in enumerate(metrics)}
 
-
-def _public_state_keys(module: MAML, state: dict, prefix: str, local_metadata) -> None:
-    for key in [k for k in state if k.startswith(prefix)]:
-        state[_public(key, prefix)] = state.pop(key)
-
-
-def _internal_state_keys(module: MAML, state: dict, prefix: str, *args) -> None:
-    for key in [k for k in state if k.startswith(prefix)]:
-        state[_internal(key, prefix)] = state.pop(key)

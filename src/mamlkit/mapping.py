@@ -70,11 +70,8 @@ class TaskMapping:
             return False
         return True
 
-    def gradient(self, model: nn.Module) -> fn.Gradient:
-        """The inner gradient for one task outside the mapping (``adapt``)."""
-        return fn.func_gradient if self.uses_vmap(model) else fn.autograd_gradient
-
-    def __call__(self, model: nn.Module, per_task, tensors: tuple[Tensor, ...], chunk_size: int | None = None) -> Tensor:
+    def __call__(self, model: nn.Module, per_task, tensors: tuple[Tensor, ...],
+                 chunk_size: int | None = None) -> Tensor:
         """``per_task`` over the tasks of ``tensors``, ``chunk_size`` tasks at a time (all by default)."""
         chunk_size = chunk_size or tensors[0].shape[0]
         return torch.cat([self._map(model, per_task, tuple(t[i:i + chunk_size] for t in tensors))

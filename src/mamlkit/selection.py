@@ -20,7 +20,8 @@ class ParameterSelection:
         if not trainable:
             raise MamlkitError(f"the model ({type(model).__name__}) has no trainable parameters, so there is "
                                f"nothing to adapt; give it parameters with requires_grad=True")
-        self.patterns = None if adapt_only is None else [adapt_only] if isinstance(adapt_only, str) else list(adapt_only)
+        adapt_only = [adapt_only] if isinstance(adapt_only, str) else adapt_only
+        self.patterns = None if adapt_only is None else list(adapt_only)
         if self.patterns is not None and not any(map(self._matches, trainable)):
             raise MamlkitError(f"adapt_only={self.patterns} matches none of the trainable parameters "
                                f"{trainable}; give fnmatch patterns such as 'head.*'")

@@ -7,7 +7,6 @@ everything else: parameters, rates, task mapping, checks, ``adapt``/``predict``/
 """
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -109,8 +108,11 @@ class Strategy:
         """One compilation per derivative order; the step weights are an input, not a constant."""
         first_order, step_weights = maml.training_options()
         if first_order not in self._compiled:
-            self._compiled[first_order] = torch.compile(torch.func.grad_and_value(
-                partial(self._meta_objective, maml, first_order=first_order)))
+            def objective(meta, constants, tasks, weights):  # every meta-parameter an input
+                return self.objective(maml, meta["params"], {**constants, **meta["fixed"]}, tasks,
+                                      map_tasks=vmap_tasks, rates=meta["rates"], first_order=first_order,
+                                      step_weights=weights)
+            self._compiled[first_order] = torch.compile(torch.func.grad_and_value(objective))
         meta = {"params": maml.parameters_to_adapt(), "fixed": maml.selection.fixed_trainable(),
                 "rates": maml.inner_lrs}
         constants = {n: t for n, t in maml.selection.constants().items() if n not in meta["fixed"]}
@@ -118,11 +120,6 @@ class Strategy:
         for group, tensors in meta.items():
             accumulate_grad(tensors, grads[group])
         return loss.detach()
-
-    def _meta_objective(self, maml, meta: dict[str, fn.Params], constants: fn.Params, batch, step_weights, *,
-                        first_order: bool) -> Tensor:
-        return self.objective(maml, meta["params"], {**constants, **meta["fixed"]}, batch, map_tasks=vmap_tasks,
-                              rates=meta["rates"], first_order=first_order, step_weights=step_weights)
 
 
 class NotALoss(Strategy):

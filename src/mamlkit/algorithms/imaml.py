@@ -56,7 +56,7 @@ class Implicit(NotALoss):
 
     def path(self, loop: InnerLoop, start: fn.Params, theta: fn.Params, x: Tensor, y: Tensor, steps: int,
              gradient: fn.Gradient, first_order: bool) -> Iterator[fn.Params]:
-        """Gradient steps on L(φ) + λ/2 ‖φ − θ‖² from φ = ``start``, without a graph through the gradient."""
+        """Gradient steps on L(φ) + λ/2 ‖φ − θ‖² from φ = ``start``, with no graph through the gradient."""
         theta = {n: p.detach() for n, p in theta.items()}
         phi = {n: p.detach() for n, p in start.items()}
         yield phi
