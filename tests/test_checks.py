@@ -152,3 +152,17 @@ def test_maml_inside_distributed_data_parallel_gives_the_meta_gradient(tmp_path)
     finally:
         dist.destroy_process_group()
     assert relative_error({n: p.grad for n, p in maml.named_parameters()}, expected) < 1e-6
+
+
+def test_a_state_in_the_format_before_maml_was_a_module_still_loads():
+    """Old run folders hold the model's own keys, ``inner_lr.<name>`` rates and ``mamlpp.iteration``."""
+    torch.manual_seed(0)
+    model = mlp()
+    legacy = {**{k: v.clone() for k, v in model.state_dict().items()},
+              **{f"inner_lr.{n}": torch.full((2,), 0.3) for n, _ in model.named_parameters()},
+              "mamlpp.iteration": torch.tensor(17)}
+    maml = MAMLPlusPlus(mlp(), F.mse_loss, inner_lr=0.1, inner_steps=2, per_step_bn=False)
+    maml.load_state_dict(legacy)
+    assert maml.iteration == 17 and all(torch.equal(r, torch.full((2,), 0.3)) for r in maml.inner_lrs.values())
+    assert all(torch.equal(maml.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert maml.state_dict().keys() == legacy.keys()
