@@ -1,6 +1,7 @@
 """The Python API's boundary: one-line MamlkitErrors for data, models and options it cannot use,
 and for results that are no longer numbers; the module behaviour of MAML (devices, modes, DDP)."""
 
+import pickle
 import warnings
 
 import pytest
@@ -133,6 +134,8 @@ def test_maml_moves_switches_mode_and_round_trips_its_state_like_a_module():
     again = MAML(mlp().double(), F.mse_loss, inner_lr=0.1, learn_lr="metasgd")
     again.load_state_dict(state)
     assert all(torch.equal(state[k], v) for k, v in again.state_dict().items())
+    copied = pickle.loads(pickle.dumps(maml))  # a whole MAML saves and copies like any module
+    assert copied.state_dict().keys() == state.keys() and copied.inner_lrs.keys() == maml.inner_lrs.keys()
     narrower = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)).double()
     wrong = MAML(narrower, F.mse_loss, inner_lr=0.1, learn_lr="metasgd")  # the same names, other shapes
     one_line_error("the state does not fit this MAML .*size mismatch", lambda: wrong.load_state_dict(state))

@@ -38,6 +38,14 @@ def _rename_keys(state: dict, prefix: str, pairs) -> None:
         state[_rename(key, prefix, pairs)] = state.pop(key)
 
 
+def _public_keys(module, state: dict, prefix: str, local_metadata) -> None:  # state_dict hook (picklable)
+    _rename_keys(state, prefix, PUBLIC)
+
+
+def _internal_keys(module, state: dict, prefix: str, *args) -> None:  # load_state_dict pre-hook
+    _rename_keys(state, prefix, INTERNAL)
+
+
 class MAML(nn.Module):
     """Model-Agnostic Meta-Learning around an unmodified ``nn.Module``.
 
@@ -98,8 +106,8 @@ class MAML(nn.Module):
         self._step_buffers = [f"{name}.step" if name else "step" for name, m in model.named_modules()
                               if isinstance(m, PerStepBatchNorm)]
         self._checked_dtypes = set()
-        self.register_state_dict_post_hook(lambda module, state, prefix, meta: _rename_keys(state, prefix, PUBLIC))
-        self.register_load_state_dict_pre_hook(lambda module, state, prefix, *_: _rename_keys(state, prefix, INTERNAL))
+        self.register_state_dict_post_hook(_public_keys)
+        self.register_load_state_dict_pre_hook(_internal_keys)
         if self.checkpoint_inner and batching == "auto":
             warnings.warn("mamlkit: checkpoint_inner=True: torch.utils.checkpoint does not compose with vmap in "
                           "torch 2.13, so tasks run in a Python loop", stacklevel=2)
