@@ -267,3 +267,23 @@ def test_a_run_with_first_format_checkpoints_still_resumes(trained, run):
     with pytest.warns(UserWarning, match="trying the previous one"):
         assert main(["train", "--resume", str(run)]) == 0
     assert_same_result(trained, run)
+
+
+def test_unwritable_checkpoints_on_resume_is_refused_before_any_write(run, capsys, monkeypatch):
+    """The resume probes every folder of the run before it writes (as root chmod cannot make a
+    folder unwritable, so the denial is injected where every write passes)."""
+    from mamlkit.engine import files
+
+    original = files.write_all
+
+    def denied(handle, data):
+        if "/checkpoints/" in str(handle.name):
+            raise PermissionError(13, "Permission denied")
+        original(handle, data)
+
+    monkeypatch.setattr(files, "write_all", denied)
+    before = folder_hashes(run)
+    err = one_line_error(capsys, ["train", "--resume", str(run), "--iterations", "30"])
+    assert err == (f"mamlkit: error: cannot write {run / 'checkpoints'} (Permission denied); make it writable "
+                   f"(chmod u+w) or choose another --out")
+    assert folder_hashes(run) == before

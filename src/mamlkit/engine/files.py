@@ -93,9 +93,11 @@ def check_writable(folder: Path) -> None:
     """Create and remove a file in ``folder``: raises the one-line error a later write would meet."""
     probe = temporary_path(Path(folder) / "write-probe")
     with writing(folder):
-        with open(probe, "wb") as handle:
-            write_all(handle, b"")
-        probe.unlink()
+        try:
+            with open(probe, "wb") as handle:
+                write_all(handle, b"")
+        finally:
+            probe.unlink(missing_ok=True)
 
 
 def remove_temporaries(directory: Path) -> None:
