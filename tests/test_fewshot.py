@@ -76,7 +76,8 @@ def test_impossible_episodes_get_one_line_errors(tmp_path, capsys, args, message
 
 @pytest.mark.parametrize("args, message", [
     (["--data", "{tmp}/missing"], "data path"),
-    (["--dataset", "imagenet"], "dataset must be one of omniglot, miniimagenet"),
+    (["--dataset", "imagenet"], "invalid choice 'imagenet' for argument '--dataset'. "
+                                "Expected one of ('omniglot', 'miniimagenet', 'images')"),
 ])
 def test_bad_data_gets_one_line_errors(tmp_path, capsys, args, message):
     argv = ["train", "omniglot-5w1s", *[a.format(tmp=tmp_path) for a in args], "--out", str(tmp_path / "run")]

@@ -138,6 +138,25 @@ def test_adapted_weights_load_into_a_plain_module_without_mamlkit(trained, tmp_p
             [float(r["probability"]) for r in rows], abs=2e-6)
 
 
+def test_adapt_and_predict_from_the_command_line(trained, tmp_path, capsys):
+    """`mamlkit adapt` / `mamlkit predict` write what adapt_run / predict_run write, and say where."""
+    tree, run = trained
+    support = task_folders(tree, tmp_path / "support", (0, 4, 8), images=(0,))
+    query = task_folders(tree, tmp_path / "query", (0, 4, 8), images=(1, 2, 3))
+    assert main(["adapt", str(run), "--support", str(support), "--steps", "2", "--out", str(tmp_path / "cli.pt")]) == 0
+    assert capsys.readouterr().out == f"adapted weights -> {tmp_path / 'cli.pt'}\n"
+    api = torch.load(adapt_run(run, support, steps=2, out=tmp_path / "api.pt"), weights_only=True)
+    cli = torch.load(tmp_path / "cli.pt", weights_only=True)
+    assert api.keys() == cli.keys() and all(torch.equal(api[k], cli[k]) for k in api)
+    assert main(["predict", str(run), "--support", str(support), "--query", str(query),
+                 "--out", str(tmp_path / "cli.csv")]) == 0
+    outcome = predict_run(run, support, query, out=tmp_path / "api.csv")
+    assert capsys.readouterr().out == f"9 predictions -> {tmp_path / 'cli.csv'}, accuracy {outcome['accuracy']:.2%}\n"
+    assert (tmp_path / "cli.csv").read_text() == (tmp_path / "api.csv").read_text()
+    assert main(["adapt", str(run), "--support", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.startswith("mamlkit: error: ")
+
+
 PLAIN_CONV = """
 class TransductiveBatchNorm(nn.Module):  # batch statistics always, a learned shift only
     def __init__(self, channels):

@@ -96,6 +96,17 @@ def test_regression_weights_take_raw_features_without_mamlkit(regression_run, tm
         assert raw[:, 0].numpy() == pytest.approx(values, abs=1e-3)
 
 
+def test_predict_from_the_command_line_reports_the_mse(regression_run, tmp_path, capsys):
+    run, records = regression_run
+    task = [r for r in records if r["user"] == "u11"]
+    support, query = write_rows(tmp_path / "s.csv", task[:5]), write_rows(tmp_path / "q.csv", task[5:])
+    assert main(["predict", str(run), "--support", str(support), "--query", str(query), "--steps", "1",
+                 "--out", str(tmp_path / "cli.csv")]) == 0
+    outcome = predict_run(run, support, query, steps=1, out=tmp_path / "api.csv")
+    assert capsys.readouterr().out == f"7 predictions -> {tmp_path / 'cli.csv'}, MSE {outcome['mse']:.4g}\n"
+    assert (tmp_path / "cli.csv").read_text() == (tmp_path / "api.csv").read_text()
+
+
 def test_classification_from_parquet(tmp_path, capsys):
     records = write_table(tmp_path / "tasks.parquet")
     run = tmp_path / "run"

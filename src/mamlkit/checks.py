@@ -1,6 +1,7 @@
 """Shape, dtype and value checks at the library's boundary, each failing with a one-line fix."""
 
 import math
+import typing
 
 import torch
 from torch import Tensor
@@ -127,9 +128,10 @@ def check_finite(loss: float, iteration: int, hint: str) -> None:
         raise MamlkitError(f"the loss became {loss} at iteration {iteration}; {hint}")
 
 
-def check_config(config, whole=(), positive=(), rates=(), choices=None, widths=()) -> None:
+def check_config(config, whole=(), positive=(), rates=(), widths=()) -> None:
     """Validate a config dataclass: whole numbers >= 0, numbers >= 1, learning rates, layer widths
-    (tuples of numbers >= 1) and fields restricted to a set of values."""
+    (tuples of numbers >= 1), and every ``Literal`` field against its values (the CLI checks those
+    at parse time, a config file here)."""
     for name in widths:
         if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in getattr(config, name)):
             raise MamlkitError(f"{name} must be layer widths of at least 1, got {getattr(config, name)}")
@@ -140,6 +142,7 @@ def check_config(config, whole=(), positive=(), rates=(), choices=None, widths=(
             raise MamlkitError(f"{name} must be at least 1, got {getattr(config, name)}")
     for name in rates:
         check_learning_rate(getattr(config, name), name)
-    for name, allowed in (choices or {}).items():
-        if getattr(config, name) not in allowed:
-            raise MamlkitError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    for name, hint in typing.get_type_hints(type(config)).items():
+        allowed = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+        if allowed and getattr(config, name) not in allowed:
+            raise MamlkitError(f"{name} must be one of {', '.join(map(str, allowed))}, got {getattr(config, name)!r}")

@@ -7,7 +7,7 @@ benchmarks pick a variant with a string; the options are the constructor's keywo
 import ast
 import inspect
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from torch import nn
 
@@ -29,6 +29,7 @@ ALGORITHMS: dict[str, Callable[..., MAML]] = {
     "imaml": IMAML,
     "protomaml": ProtoMAML,
 }
+AlgorithmName = Literal[tuple(ALGORITHMS)]  # for config fields: the CLI lists and checks these names
 
 
 def accepts(name: str, option: str) -> bool:

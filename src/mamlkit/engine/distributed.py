@@ -10,6 +10,7 @@ a no-op for one process.
 
 import os
 import time
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,7 +19,8 @@ import torch.distributed as dist
 
 from mamlkit.errors import MamlkitError
 
-DEVICES = ("auto", "cpu", "cuda")
+Device = typing.Literal["auto", "cpu", "cuda"]  # auto: CUDA when present
+DEVICES = typing.get_args(Device)
 
 
 def world_size() -> int:

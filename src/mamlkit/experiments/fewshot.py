@@ -10,15 +10,16 @@ validation tasks and the test tasks are sharded over the ranks; rank 0 writes ev
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
-from mamlkit.algorithms import ALGORITHMS, from_settings
+from mamlkit.algorithms import AlgorithmName, from_settings
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_latest_checkpoint
+from mamlkit.engine.distributed import Device
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
 from mamlkit.errors import MamlkitError
@@ -34,44 +35,82 @@ VALIDATION_SEED, TEST_SEED = 1, 2  # fixed task sets, the same for every run
 
 @dataclass
 class FewShotConfig:
-    dataset: str = "omniglot"  # omniglot | miniimagenet | images (any DIR/<class>/*.png tree, docs/own-data.md)
+    dataset: Literal["omniglot", "miniimagenet", "images"] = "omniglot"
+    """which images the episodes come from; images: any DIR/<class>/*.png tree (docs/own-data.md)"""
     data: str = "data/omniglot"
+    """folder holding the data set (see docs/fewshot.md for the expected files)"""
     download: bool = False
-    split: str = "paper"  # Omniglot: paper (1200 train characters) | vinyals
-    model: str = "conv"  # conv | mlp (Omniglot's no-convolution baseline)
-    image_size: int = 28  # images: side in pixels every image is resized to
-    channels: int = 1  # images: 1 (grayscale) or 3 (RGB)
-    rotations: bool = False  # images: turn each class of a task by a random multiple of 90° (Omniglot always does)
-    split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)  # images: train, val, test shares of the classes
-    split_seed: int = 1  # images: seed of the class shuffle that split_fractions cut
-    split_files: str = ""  # images: folder with train.txt, val.txt, test.txt naming each split's classes
+    """download Omniglot into --data first if it is not there"""
+    split: Literal["paper", "vinyals"] = "paper"
+    """Omniglot's class split: paper (1200 training characters, 100 of them validate) or vinyals (by alphabet)"""
+    model: Literal["conv", "mlp"] = "conv"
+    """conv: the paper's 4-layer CNN; mlp: Omniglot's no-convolution baseline"""
+    image_size: int = 28
+    """images: side in pixels every image is resized to"""
+    channels: int = 1
+    """images: 1 (grayscale) or 3 (RGB)"""
+    rotations: bool = False
+    """images: turn each class of a task by a random multiple of 90° (Omniglot always does)"""
+    split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)
+    """images: train, val, test shares of the classes"""
+    split_seed: int = 1
+    """images: seed of the class shuffle that split_fractions cut"""
+    split_files: str = ""
+    """images: folder with train.txt, val.txt, test.txt naming each split's classes"""
     ways: int = 5
+    """N: classes per episode"""
     shots: int = 1
+    """K: labelled support images per class"""
     queries: int = 1
+    """query images per class that score the adapted network"""
     meta_batch: int = 32
+    """tasks (episodes) per meta-batch"""
     inner_lr: float = 0.4
+    """α: step size of the inner (adaptation) steps"""
     inner_steps: int = 1
+    """inner gradient steps during meta-training"""
     eval_inner_steps: int = 3
+    """inner steps at validation and test time (accuracy is reported after each)"""
     meta_lr: float = 1e-3
+    """β: Adam's learning rate for the meta-update"""
     first_order: bool = False
-    loss_scale: str = "official"  # official: sum / K = N × mean, so the paper's α apply | mean
-    clip_value: float = 0.0  # clip meta-gradients to [−c, c]; 0 = off (MiniImagenet: 10)
+    """first-order approximation: drop the second derivatives through the inner steps"""
+    loss_scale: Literal["official", "mean"] = "official"
+    """official: sum / K = N × mean, so the paper's α apply; mean: plain mean cross-entropy"""
+    clip_value: float = 0.0
+    """clip meta-gradients to [−c, c]; 0 = off (MiniImagenet: 10)"""
     iterations: int = 60_000
-    max_minutes: float = 0.0  # stop training after this wall-clock budget (0 = none); resumable
+    """meta-training iterations (meta-batches)"""
+    max_minutes: float = 0.0
+    """stop training after this wall-clock budget (0 = none); resumable"""
     validate_every: int = 500
+    """iterations between validation runs (the best one's checkpoint is evaluated)"""
     validation_tasks: int = 200
+    """fixed validation episodes that select the checkpoint"""
     eval_tasks: int = 600
+    """test episodes in the final evaluation"""
     eval_chunk: int = 100
+    """episodes adapted at once during validation and testing (bounds memory)"""
     checkpoint_every: int = 500
+    """iterations between checkpoints (a killed run resumes from the last one)"""
     log_every: int = 50
+    """iterations between metrics records"""
     seed: int = 0
+    """seeds the initialisation and the stream of training episodes"""
     workers: int = 0
+    """DataLoader processes sampling training episodes; 0: in this process"""
     threads: int = 2
-    batching: str = "auto"
-    compile: str = "off"  # on | off
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
-    algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml | protomaml (docs/algorithms.md)
-    algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=2.0 cg_steps=5 for imaml
+    """torch CPU threads per process"""
+    batching: Literal["auto", "vmap", "loop"] = "auto"
+    """how the meta-batch runs: vmap (one vectorised call), loop (one task at a time) or auto"""
+    compile: Literal["on", "off"] = "off"
+    """torch.compile the inner step (slower on a CPU, see docs/fewshot.md)"""
+    device: Device = "auto"
+    """where to train; auto: CUDA when present"""
+    algo: AlgorithmName = "maml"
+    """meta-learning algorithm (see docs/algorithms.md)"""
+    algo_options: tuple[str, ...] = ()
+    """KEY=VALUE options of the algorithm, e.g. lam=2.0 cg_steps=5 for imaml"""
     # options a resumed run may change besides engine.run.RESUMABLE (they keep the training valid)
     RESUMABLE: ClassVar[tuple[str, ...]] = ("data",)
 
@@ -80,11 +119,7 @@ class FewShotConfig:
                      positive=("iterations", "ways", "shots", "queries", "meta_batch", "validate_every",
                                "validation_tasks", "eval_tasks", "eval_chunk", "checkpoint_every", "log_every",
                                "threads", "image_size"),
-                     rates=("inner_lr", "meta_lr"),
-                     choices={"dataset": ("omniglot", "miniimagenet", "images"), "model": ("conv", "mlp"),
-                              "loss_scale": ("official", "mean"), "compile": ("on", "off"),
-                              "split": ("paper", "vinyals"), "batching": ("auto", "vmap", "loop"),
-                              "device": distributed.DEVICES, "algo": tuple(ALGORITHMS)})
+                     rates=("inner_lr", "meta_lr"))
         if self.channels not in (1, 3):
             raise MamlkitError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
         if self.model == "mlp" and self.dataset == "miniimagenet":

@@ -19,15 +19,16 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from mamlkit.algorithms import ALGORITHMS, from_settings
+from mamlkit.algorithms import AlgorithmName, from_settings
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import BestCheckpoint, load_latest_checkpoint
+from mamlkit.engine.distributed import Device
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
 from mamlkit.errors import MamlkitError
@@ -46,43 +47,70 @@ TABLE_FILE = "table.json"  # a table run's columns, classes and scaling, for ada
 
 @dataclass
 class TasksConfig:
-    data: str = ""  # table: a .csv or .parquet file, one row per example
-    task_column: str = "task"  # table: the column naming each row's task
-    target_column: str = "target"  # table: the column to predict
-    features: tuple[str, ...] = ()  # table: the feature columns (default: all but the task and target columns)
-    problem: str = "regression"  # table: regression (MSE) | classification (cross-entropy over the target's classes)
-    tasks: str = ""  # your own sampler instead of a table: package.module:function (docs/own-data.md)
-    split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)  # table: train, val, test shares of the tasks
-    split_seed: int = 1  # table: seed of the task shuffle that split_fractions cut
-    split_files: str = ""  # table: folder with train.txt, val.txt, test.txt naming each split's tasks
-    support: int = 10  # table: support rows per task (K)
-    query: int = 10  # table: query rows per task
-    hidden: tuple[int, ...] = (40, 40)  # widths of the MLP's hidden layers
+    data: str = ""
+    """table: a .csv or .parquet file, one row per example"""
+    task_column: str = "task"
+    """table: the column naming each row's task"""
+    target_column: str = "target"
+    """table: the column to predict"""
+    features: tuple[str, ...] = ()
+    """table: the feature columns (default: all but the task and target columns)"""
+    problem: Literal["regression", "classification"] = "regression"
+    """table: regression (MSE) or classification (cross-entropy over the target's classes)"""
+    tasks: str = ""
+    """your own sampler instead of a table: package.module:function (docs/own-data.md)"""
+    split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)
+    """table: train, val, test shares of the tasks"""
+    split_seed: int = 1
+    """table: seed of the task shuffle that split_fractions cut"""
+    split_files: str = ""
+    """table: folder with train.txt, val.txt, test.txt naming each split's tasks"""
+    support: int = 10
+    """table: support rows per task (K)"""
+    query: int = 10
+    """table: query rows per task"""
+    hidden: tuple[int, ...] = (40, 40)
+    """widths of the MLP's hidden layers"""
     iterations: int = 10_000
+    """meta-training iterations (meta-batches)"""
     meta_batch: int = 25
+    """tasks per meta-batch"""
     inner_lr: float = 0.01
+    """α: step size of the inner (adaptation) steps"""
     inner_steps: int = 1
+    """inner gradient steps during meta-training"""
     meta_lr: float = 1e-3
+    """β: Adam's learning rate for the meta-update (MAML and the pretrained network)"""
     first_order: bool = False
+    """first-order approximation: drop the second derivatives through the inner steps"""
     validate_every: int = 500
+    """iterations between validation runs (the best one's checkpoint is evaluated)"""
     validation_tasks: int = 200
+    """fixed validation tasks that select the checkpoint"""
     eval_tasks: int = 600
+    """held-out test tasks in the final evaluation"""
     eval_steps: int = 10
+    """evaluation fine-tunes for 0..eval_steps steps"""
     checkpoint_every: int = 1000
+    """iterations between checkpoints (a killed run resumes from the last one)"""
     log_every: int = 100
+    """iterations between metrics records"""
     seed: int = 0
+    """seeds the initialisation and the stream of training tasks"""
     threads: int = 1
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
-    algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml (see docs/algorithms.md)
-    algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=10.0 for imaml
+    """torch CPU threads per process"""
+    device: Device = "auto"
+    """where to train; auto: CUDA when present"""
+    algo: AlgorithmName = "maml"
+    """meta-learning algorithm (see docs/algorithms.md)"""
+    algo_options: tuple[str, ...] = ()
+    """KEY=VALUE options of the algorithm, e.g. lam=10.0 for imaml"""
 
     def __post_init__(self):
         check_config(self, whole=("iterations", "inner_steps", "eval_steps"),
                      positive=("meta_batch", "support", "query", "validate_every", "validation_tasks", "eval_tasks",
                                "checkpoint_every", "log_every", "threads"),
-                     rates=("inner_lr", "meta_lr"),
-                     choices={"problem": ("regression", "classification"), "device": distributed.DEVICES,
-                              "algo": tuple(ALGORITHMS)})
+                     rates=("inner_lr", "meta_lr"))
 
 
 def classification_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

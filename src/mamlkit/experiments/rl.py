@@ -12,7 +12,7 @@ step, α then α/2 as in the paper.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -34,43 +34,74 @@ from mamlkit.tasks.stream import task_stream
 
 EVAL_SEED = 20170309  # the same held-out tasks for every run and method
 VALIDATION_SEED = 1703  # validation tasks, for checkpoint selection only
-ENVS = ("2dnav", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
+Env = Literal["2dnav", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir"]
 METHODS = ("maml", "pretrained", "random")
 
 
 @dataclass
 class RLConfig:
-    env: str = "2dnav"
+    env: Env = "2dnav"
+    """task family: 2D navigation, or half-cheetah / ant goal velocity or direction"""
     iterations: int = 500
+    """meta-training iterations (TRPO meta-updates)"""
     meta_batch: int = 20
+    """tasks per meta-batch"""
     trajectories: int = 20
+    """trajectories sampled per task for each step (inner and meta)"""
     horizon: int = 100
+    """time steps per trajectory"""
     inner_lr: float = 0.1
-    eval_inner_lr: float = 0.05  # α for the test-time steps after the first (the paper halves it)
+    """α: step size of the inner policy-gradient step"""
+    eval_inner_lr: float = 0.05
+    """α for the test-time steps after the first (the paper halves it)"""
     first_order: bool = False
+    """first-order approximation: drop the second derivatives through the inner step"""
     max_kl: float = 0.01
+    """TRPO's trust region: largest mean KL divergence of a meta-update"""
     cg_iterations: int = 10
+    """conjugate-gradient iterations solving for TRPO's step direction"""
     cg_damping: float = 1e-5
+    """damping added to the Fisher-vector products"""
     backtrack_ratio: float = 0.8
+    """TRPO's line search shrinks the step by this factor per backtrack"""
     max_backtracks: int = 15
+    """line-search steps before a meta-update is rejected"""
     gamma: float = 0.99
+    """discount factor"""
     gae_lambda: float = 1.0
+    """λ of generalised advantage estimation (1: discounted returns minus the baseline)"""
     hidden: tuple[int, ...] = (100, 100)
-    pretrained: bool = True  # train the pretrained baseline beside MAML (doubles sampling)
+    """widths of the policy's hidden layers"""
+    pretrained: bool = True
+    """train the pretrained baseline beside MAML (doubles sampling)"""
     seed: int = 0
+    """seeds the initialisation, the training tasks and the sampling"""
     eval_tasks: int = 40
+    """held-out test tasks in the final evaluation"""
     eval_steps: int = 3
+    """evaluation adapts for 0..eval_steps policy-gradient steps"""
     validation_tasks: int = 20
+    """fixed validation tasks that select each learner's checkpoint"""
     validate_every: int = 10
+    """iterations between validation runs"""
     checkpoint_every: int = 10
+    """iterations between checkpoints (a killed run resumes from the last one)"""
     log_every: int = 1
-    time_limit: float = 0.0  # minutes of training before a clean, resumable stop; 0: none
+    """iterations between metrics records"""
+    time_limit: float = 0.0
+    """minutes of training before a clean, resumable stop; 0: none"""
     threads: int = 1
-    backend: str = "auto"  # MuJoCo stepping: auto (mujoco.rollout for the cheetah, else gym) | gym | rollout
-    env_threads: int = 1  # mujoco.rollout threads stepping the half-cheetahs (rollout backend)
-    env_workers: int = 0  # processes stepping the gymnasium envs (gym backend); 0: in this process
-    device: str = "cpu"  # the environments and the small policy run on the CPU
-    render: bool = True  # a GIF of the adapted policy (MuJoCo) or a trajectory plot (2D navigation)
+    """torch CPU threads per process"""
+    backend: Literal["auto", "gym", "rollout"] = "auto"
+    """MuJoCo stepping: auto (mujoco.rollout for the cheetah, else gym), gym or rollout"""
+    env_threads: int = 1
+    """mujoco.rollout threads stepping the half-cheetahs (rollout backend)"""
+    env_workers: int = 0
+    """processes stepping the gymnasium envs (gym backend); 0: in this process"""
+    device: Literal["cpu"] = "cpu"
+    """the environments and the small policy run on the CPU"""
+    render: bool = True
+    """a GIF of the adapted policy (MuJoCo) or a trajectory plot (2D navigation)"""
     # options a resumed run may change besides engine.run.RESUMABLE (they keep the training valid)
     RESUMABLE: ClassVar[tuple[str, ...]] = ("env_threads", "env_workers", "render")
 
@@ -79,8 +110,7 @@ class RLConfig:
                      positive=("iterations", "meta_batch", "trajectories", "horizon", "eval_tasks", "checkpoint_every",
                                "validation_tasks", "validate_every",
                                "log_every", "threads", "env_threads", "cg_iterations", "max_backtracks"),
-                     rates=("inner_lr", "eval_inner_lr", "max_kl", "cg_damping", "time_limit"),
-                     choices={"env": ENVS, "device": ("cpu",), "backend": ("auto", "gym", "rollout")})
+                     rates=("inner_lr", "eval_inner_lr", "max_kl", "cg_damping", "time_limit"))
         if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and 0 < self.backtrack_ratio < 1):
             raise MamlkitError("gamma must be in (0, 1], gae_lambda in [0, 1] and backtrack_ratio in (0, 1)")
 

@@ -10,15 +10,16 @@ K ∈ {5, 10, 20} points of 600 held-out tasks for 0..10 steps and reports the M
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
-from mamlkit.algorithms import ALGORITHMS, accepts, from_settings
+from mamlkit.algorithms import AlgorithmName, accepts, from_settings
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import export_weights, load_latest_checkpoint
+from mamlkit.engine.distributed import Device
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
 from mamlkit.errors import MamlkitError
@@ -35,26 +36,47 @@ EVAL_SEED = 20170309  # held-out tasks are the same for every run and method
 @dataclass
 class SinusoidConfig:
     iterations: int = 70_000
+    """meta-training iterations (meta-batches)"""
     meta_batch: int = 25
+    """tasks per meta-batch"""
     support: int = 10
+    """K: training points per task, the inner step's data"""
     query: int = 10
+    """points per task that score the adapted network (the meta-objective)"""
     inner_lr: float = 0.01
+    """α: step size of the inner (adaptation) steps"""
     inner_steps: int = 1
+    """inner gradient steps during meta-training"""
     meta_lr: float = 1e-3
+    """β: Adam's learning rate for the meta-update (all three learners)"""
     first_order: bool = False
+    """first-order approximation: drop the second derivatives through the inner steps"""
     hidden: tuple[int, ...] = (40, 40)
+    """widths of the MLP's hidden layers"""
     seed: int = 0
+    """seeds the initialisation and the stream of training tasks"""
     eval_tasks: int = 600
+    """held-out tasks in the final evaluation"""
     eval_shots: tuple[int, ...] = (5, 10, 20)
+    """K values the evaluation fine-tunes on"""
     eval_steps: int = 10
+    """evaluation fine-tunes for 0..eval_steps steps"""
     eval_points: int = 100
+    """points per held-out task that score the fine-tuned networks"""
     checkpoint_every: int = 2000
+    """iterations between checkpoints (a killed run resumes from the last one)"""
     log_every: int = 100
-    compile: str = "auto"  # "auto": compile when the run is long enough to repay ~40 s of compilation
+    """iterations between metrics records"""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the inner step; auto: when the run is long enough to repay ~40 s of compilation"""
     threads: int = 1
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
-    algo: str = "maml"  # maml | metasgd | lslr | mamlpp | anil | reptile | imaml (see docs/algorithms.md)
-    algo_options: tuple[str, ...] = ()  # KEY=VALUE options of the algorithm, e.g. lam=10.0 for imaml
+    """torch CPU threads per process"""
+    device: Device = "auto"
+    """where to train; auto: CUDA when present"""
+    algo: AlgorithmName = "maml"
+    """meta-learning algorithm (see docs/algorithms.md)"""
+    algo_options: tuple[str, ...] = ()
+    """KEY=VALUE options of the algorithm, e.g. lam=10.0 for imaml"""
     # options a resumed run may change besides engine.run.RESUMABLE (they keep the training valid)
     RESUMABLE: ClassVar[tuple[str, ...]] = ("eval_shots", "eval_points")
 
@@ -62,9 +84,7 @@ class SinusoidConfig:
         check_config(self, whole=("inner_steps", "eval_steps"), widths=("hidden",),
                      positive=("iterations", "meta_batch", "support", "query", "eval_tasks", "eval_points", "threads",
                                "checkpoint_every", "log_every"),
-                     rates=("inner_lr", "meta_lr"), choices={"compile": ("auto", "on", "off"),
-                                                               "device": distributed.DEVICES,
-                                                               "algo": tuple(ALGORITHMS)})
+                     rates=("inner_lr", "meta_lr"))
         if not self.eval_shots or min(self.eval_shots) < 1:
             raise MamlkitError(f"eval_shots must be positive numbers of points, got {self.eval_shots}")
 
