@@ -40,6 +40,8 @@ DESCRIPTION = ("Exact MAML for any PyTorch nn.Module: train the paper's experime
                "the version; docs/cli.md has more.")
 ConfigT = TypeVar("ConfigT")
 PresetT = TypeVar("PresetT")
+RunFolder = Annotated[Positional[Path], arg(metavar="RUN")]
+InnerSteps = Annotated[int | None, arg(metavar="N", help_behavior_hint="(default: the run's evaluation inner steps)")]
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Train(Generic[PresetT]):
         name, config = self.preset.name, self.preset.config
         if self.resume:  # only options that keep the run's training so far valid may change
             saved_name, _, saved = saved_config(self.resume)
-            changed = {} if saved_name != name else {
+            changed = {} if saved_name != name else {  # another preset's name is refused as it is
                 field.name: getattr(config, field.name) for field in dataclasses.fields(config)
                 if getattr(config, field.name) != getattr(saved, field.name)}
             config = resumed_config(self.resume, saved_name, saved, changed, named_preset=name)
@@ -84,7 +86,7 @@ class Train(Generic[PresetT]):
 @dataclass
 class Eval:
     """Re-evaluate a saved run and rewrite its results and figures."""
-    run: Annotated[Positional[Path], arg(metavar="RUN")]
+    run: RunFolder
     """the run folder (given to --out when it was trained)"""
     device: Annotated[Device | None, arg(metavar="{auto,cpu,cuda}", help_behavior_hint="(default: the run's)")] = None
     """evaluate on this device"""
@@ -103,11 +105,11 @@ class Eval:
 @dataclass
 class Adapt:
     """Adapt a trained run's model to a new task and write the adapted weights (a plain state_dict)."""
-    run: Annotated[Positional[Path], arg(metavar="RUN")]
+    run: RunFolder
     """the trained run folder"""
     support: Annotated[Path, arg(metavar="PATH")]
     """the new task's labelled examples: a folder of class folders (image runs) or a table (table runs)"""
-    steps: Annotated[int | None, arg(metavar="N", help_behavior_hint="(default: the run's evaluation inner steps)")] = None
+    steps: InnerSteps = None
     """inner steps to adapt for"""
     out: Annotated[Path | None, arg(metavar="FILE", help_behavior_hint="(default: RUN/adapted.pt)")] = None
     """weights file, .pt or .safetensors; FILE.json beside it names the classes"""
@@ -119,13 +121,13 @@ class Adapt:
 @dataclass
 class Predict:
     """Adapt a trained run's model to a new task and predict its query items into a CSV."""
-    run: Annotated[Positional[Path], arg(metavar="RUN")]
+    run: RunFolder
     """the trained run folder"""
     support: Annotated[Path, arg(metavar="PATH")]
     """the new task's labelled examples: a folder of class folders (image runs) or a table (table runs)"""
     query: Annotated[Path, arg(metavar="PATH")]
     """the items to predict, labelled (then scored) or not"""
-    steps: Annotated[int | None, arg(metavar="N", help_behavior_hint="(default: the run's evaluation inner steps)")] = None
+    steps: InnerSteps = None
     """inner steps to adapt for"""
     out: Annotated[Path | None, arg(metavar="FILE", help_behavior_hint="(default: RUN/predictions.csv)")] = None
     """predictions CSV"""
