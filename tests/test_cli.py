@@ -133,6 +133,18 @@ def test_a_run_folders_saved_config_reruns_it_exactly(tmp_path, capsys):
     assert (first / "results.json").read_text() == (again / "results.json").read_text()
 
 
+def test_resume_help_shows_the_runs_own_values_as_defaults(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", *TINY, "--algo", "anil", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--help"]) == 0
+    text = flat(capsys.readouterr().out)
+    assert "(source subcommand: sinusoid)" in text
+    assert "--iterations INT meta-training iterations (meta-batches) (default: 6)" in text
+    assert "(default: anil)" in text
+    assert "--hidden [INT [INT ...]] widths of the MLP's hidden layers (default: 8)" in text
+
+
 @pytest.mark.parametrize("suffix, text", [
     (".toml", 'preset = "sinusoid-fo"\niterations = 6\nhidden = [8, 8]\neval_shots = [5]\ncompile = "off"\n'),
     (".yaml", 'preset: sinusoid-fo\niterations: 6\nhidden: [8, 8]\neval_shots: [5]\ncompile: "off"\n'),
