@@ -88,8 +88,9 @@ def test_enumerations_list_their_choices(capsys):
     assert "--device {auto,cpu,cuda}" in text and "--compile {auto,on,off}" in text
     assert main(["train", "omniglot-5w1s", "--help"]) == 0
     text = flat(capsys.readouterr().out)
-    for choices in ("--dataset {omniglot,miniimagenet,images}", "--batching {auto,vmap,loop}", "--split {paper,vinyals}",
-                    "--model {conv,mlp}", "--loss-scale {official,mean}", "--compile {on,off}"):
+    for choices in ("--dataset {omniglot,miniimagenet,images}", "--batching {auto,vmap,loop}",
+                    "--split {paper,vinyals}", "--model {conv,mlp}", "--loss-scale {official,mean}",
+                    "--compile {on,off}"):
         assert choices in text
 
 
