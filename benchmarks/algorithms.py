@@ -30,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -60,25 +61,19 @@ def registered(name: str):
 
 # The papers' settings where they exist (MAML: α = 0.01 sinusoid, 0.4 Omniglot with the N-scaled loss).
 # With 5 inner steps α = 0.4 overshoots on Omniglot (iMAML's query loss went above chance; Reptile
-# and ProtoMAML were behind α = 0.1 in 40-iteration checks), and iMAML needs λ above minus the Hessian's smallest
-# eigenvalue (sinusoid: λ = 1 diverged before CG stopped on negative curvature). Over 10,000
-# iterations α = 0.02 (λ = 10 or 30) and α = 0.01 (λ = 10) diverged as the initialisation sharpened;
-# α = 0.005 with λ = 2 trained.
+# and ProtoMAML were behind α = 0.1 in 40-iteration checks). iMAML and MAML++ run at their
+# defaults (iMAML: λ = 1, 10 inner steps, 5 CG steps; MAML++: every switch, LSLR included).
 SIN, OMNI = dict(inner_lr=0.01, eval_inner_steps=10), dict(inner_lr=0.4, eval_inner_steps=3)
 VARIANTS = {
     "maml": Variant(registered("maml"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
     "reptile": Variant(Reptile, {**SIN, "inner_steps": 5, "inner_data": "all"},
                        {**OMNI, "inner_lr": 0.1, "inner_steps": 5, "inner_data": "all"}),
-    "imaml": Variant(IMAML, {**SIN, "inner_lr": 0.005, "inner_steps": 10, "lam": 2.0, "cg_steps": 5},
-                     {**OMNI, "inner_lr": 0.1, "inner_steps": 5, "eval_inner_steps": 5, "lam": 2.0,
-                      "cg_steps": 5}),
+    "imaml": Variant(IMAML, SIN, {**OMNI, "inner_lr": 0.1, "inner_steps": 5, "eval_inner_steps": 5, "lam": 2.0,
+                                  "cg_steps": 5}),
     "protomaml": Variant(ProtoMAML, None, {**OMNI, "inner_lr": 0.1, "inner_steps": 1}),
     "metasgd": Variant(registered("metasgd"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
     "lslr": Variant(registered("lslr"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
-    # On the sinusoid MAML++'s learned per-step rates (LSLR) turned negative and diverged within
-    # 4,000 iterations; with fixed rates its other switches train, so that row runs without LSLR.
-    "mamlpp": Variant(registered("mamlpp"), {**SIN, "inner_steps": 5, "learn_lr": None},
-                      {**OMNI, "inner_steps": 5, "eval_inner_steps": 5}),
+    "mamlpp": Variant(registered("mamlpp"), {**SIN, "inner_steps": 5}, {**OMNI, "inner_steps": 5, "eval_inner_steps": 5}),
     "anil": Variant(registered("anil"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
 }
 
@@ -94,8 +89,11 @@ def parse_args():
                         help="CPU seconds of Omniglot training per variant")
     parser.add_argument("--eval-tasks", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="rows run side by side (CPU ms/it stays per process)")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "omniglot"))
     parser.add_argument("--out", type=Path, help="also write the markdown table here (and a .json beside it)")
+    parser.add_argument("--keep-rows", type=Path, help="a previous run's .json: its rows of variants not rerun "
+                        "here stay in the table (and the header says so)")
     parser.add_argument("--only", help="worker mode: run this variant on --tasks[0] and print a JSON line")
     return parser.parse_args()
 
@@ -200,31 +198,53 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def with_kept_rows(rows: dict, previous: Path) -> tuple[dict, str]:
+    """``rows`` completed by a previous run's .json: each (variant, task) not rerun keeps its old cells;
+    a note for the header says which, and from when."""
+    kept = json.loads(previous.read_text())
+    when = kept.get("header") or previous.with_suffix(".md").read_text().splitlines()[0]
+    merged, old = {}, []
+    for name in dict.fromkeys([*kept["rows"], *rows]):
+        new, before = rows.get(name, {}), kept["rows"].get(name, {})
+        old += [f"{name} {task}" for task in before if task not in new]
+        merged[name] = {**before, **new}
+    return merged, (f"; kept from the run of {when.split(',')[0]}: {', '.join(old)}" if old else "")
+
+
+def run_variant_task(name: str, task: str, args) -> dict:
+    cmd = [__file__, "--only", name, "--tasks", task, "--sinusoid-iterations", str(args.sinusoid_iterations),
+           "--omniglot-cpu-s", str(args.omniglot_cpu_s), "--eval-tasks", str(args.eval_tasks),
+           "--threads", str(args.threads), "--data", args.data]
+    row = harness.run_row({}, cmd)
+    print(f"{name} {task}: {row.get('status')}", file=sys.stderr, flush=True)
+    return row
+
+
 def main(args) -> None:
-    rows = {}
     start_cpu, start = harness.cpu_seconds()[0], time.perf_counter()
-    for name in args.variants:
-        rows[name] = {}
-        for task in args.tasks:
-            if getattr(VARIANTS[name], task) is None:
-                continue
-            cmd = [__file__, "--only", name, "--tasks", task, "--sinusoid-iterations", str(args.sinusoid_iterations),
-                   "--omniglot-cpu-s", str(args.omniglot_cpu_s), "--eval-tasks", str(args.eval_tasks),
-                   "--threads", str(args.threads), "--data", args.data]
-            rows[name][task] = harness.run_row({}, cmd)
-            print(f"{name} {task}: {rows[name][task].get('status')}", file=sys.stderr, flush=True)
+    jobs = [(name, task) for name in args.variants for task in args.tasks if getattr(VARIANTS[name], task) is not None]
+    with ThreadPoolExecutor(args.jobs) as pool:  # each row is its own process
+        results = list(pool.map(lambda job: run_variant_task(*job, args), jobs))
+    rows = {name: {} for name in args.variants}
+    for (name, task), row in zip(jobs, results):
+        rows[name][task] = row
     machine_load = (harness.cpu_seconds()[0] - start_cpu) / (time.perf_counter() - start) / (os.cpu_count() or 1)
     header = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s); "
               f"sinusoid {args.sinusoid_iterations} iterations, Omniglot {args.omniglot_cpu_s:g} CPU s per variant, "
               f"{args.eval_tasks} evaluation tasks; machine busy {100 * machine_load:.0f}% on average")
+    if args.jobs > 1:
+        header += f"; {args.jobs} rows at a time"
+    if args.keep_rows:
+        rows, kept_note = with_kept_rows(rows, args.keep_rows)
+        header += kept_note
     report = header + "\n\n" + table(rows)
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report + "\n")
         args.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                             "rows": rows}, indent=1))
+                                                             "header": header, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -190,6 +190,45 @@ def test_imaml_evaluate_and_adapt_follow_the_proximal_inner_loop():
     assert abs(loss.item() - curves[:, steps].mean().item()) < 1e-12
 
 
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_imaml_inner_loop_halves_a_task_step_that_would_not_descend(batching):
+    """With α far beyond 2/curvature plain gradient descent on the proximal problem explodes; iMAML's
+    inner loop refuses each step that does not decrease the objective by α/2 ‖∇‖² and halves that
+    task's α, so it descends monotonically: checked against a hand-written loop doing the same."""
+    model, batch, lam, lr, steps = tanh_mlp(), regression_tasks(), 0.5, 8.0, 12
+    sx, sy, qx, qy = batch
+    names = [n for n, _ in model.named_parameters()]
+    theta = [p.detach() for p in model.parameters()]
+    forward = lambda weights, x: functional_call(model, dict(zip(names, weights)), (x,))  # noqa: E731
+
+    def objective_and_gradient(weights, t):
+        weights = [w.detach().requires_grad_() for w in weights]
+        value = ((forward(weights, sx[t]) - sy[t]) ** 2).mean() + lam / 2 * sum(
+            ((w - w0) ** 2).sum() for w, w0 in zip(weights, theta))
+        return value.detach(), [g.detach() for g in torch.autograd.grad(value, weights)]
+
+    imaml = IMAML(model, F.mse_loss, lr, steps, lam=lam, batching=batching)
+    curves = imaml.evaluate(*batch)["loss"]
+    for t in range(sx.shape[0]):
+        fast, rate, halvings, plain = theta, lr, 0, theta
+        value, grads = objective_and_gradient(fast, t)
+        for step in range(steps + 1):
+            assert abs(((forward(fast, qx[t]) - qy[t]) ** 2).mean().item() - curves[t, step].item()) < 1e-10
+            if step == steps:
+                break
+            candidate = [w - rate * g for w, g in zip(fast, grads)]
+            candidate_value, candidate_grads = objective_and_gradient(candidate, t)
+            if candidate_value <= value - rate / 2 * sum((g ** 2).sum() for g in grads):
+                fast, value, grads = candidate, candidate_value, candidate_grads
+            else:
+                rate, halvings = rate / 2, halvings + 1
+            plain = [w - lr * g for w, g in zip(plain, objective_and_gradient(plain, t)[1])]
+        assert halvings > 0 and value < objective_and_gradient(theta, t)[0]
+        assert objective_and_gradient(plain, t)[0] > 1e3 * value  # what the unguarded loop would have done
+        adapted = imaml.adapt(sx[t], sy[t])
+        assert rel(torch.cat([adapted[n].flatten() for n in names]), torch.cat([w.flatten() for w in fast])) < 1e-10
+
+
 # -- ProtoMAML -------------------------------------------------------------------------------
 class Net(nn.Module):
     def __init__(self, features=3, hidden=5, ways=3):

@@ -171,6 +171,35 @@ def test_evaluate_uses_the_learned_rates():
                                   rtol=1e-10)
 
 
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_lslr_rates_below_zero_act_as_zero_and_are_projected_back_to_zero(batching):
+    """An LSLR rate pushed below zero by a meta-update is a step size of 0 (no ascent), and the next
+    meta_backward resets it to 0, where its meta-gradient lives (projected gradient descent)."""
+    torch.manual_seed(0)
+    maml = MAML(tanh_mlp(), F.mse_loss, inner_lr=0.1, inner_steps=2, learn_lr="lslr", batching=batching)
+    randomize_rates(maml)
+    with torch.no_grad():
+        maml.inner_lrs["2.weight"][0] = -0.4
+    x, y = regression_batch()[0][0], regression_batch()[1][0]
+    zeroed = {n: r.detach().clamp(min=0) for n, r in maml.inner_lrs.items()}
+    params = {n: p for n, p in maml.model.named_parameters()}
+    expected = reference_objective(plain_forward(maml.model), F.mse_loss, params, (x[None], y[None], x[None], y[None]),
+                                   2, lambda s, n: zeroed[n][s], list(params))
+    assert torch.allclose(F.mse_loss(maml.predict(x, maml.adapt(x, y)), y), expected, rtol=1e-12)
+
+    batch = regression_batch()
+    actual = mamlkit_grads(maml, batch)
+    assert maml.inner_lrs["2.weight"][0].item() == 0.0
+    assert actual["inner_lr.2.weight"][0] != 0  # alive at zero, so the meta-optimizer can raise it again
+    assert relative_error(actual, reference_for(maml, batch)) < 1e-10
+
+    signed = MAML(tanh_mlp(), F.mse_loss, inner_lr=0.1, learn_lr="metasgd", batching=batching)
+    with torch.no_grad():
+        signed.inner_lrs["2.weight"].fill_(-0.4)
+    signed.meta_backward(*batch)
+    assert (signed.inner_lrs["2.weight"] == -0.4).all()  # Meta-SGD's rates keep their sign
+
+
 # -- parameters and checkpoints ---------------------------------------------------------------
 def test_state_dict_round_trip_restores_model_and_rates():
     torch.manual_seed(0)

@@ -196,6 +196,7 @@ class MAML(nn.Module):
         """Mean post-adaptation query loss over the meta-batch (tensors ``[T, n, ...]``)."""
         batch = (support_x, support_y, query_x, query_y)
         self._check_batch(batch)
+        self.rates.project()
         return self.strategy.meta_loss(self, batch)
 
     def meta_backward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
@@ -206,6 +207,7 @@ class MAML(nn.Module):
         """
         batch = (support_x, support_y, query_x, query_y)
         self._check_batch(batch)
+        self.rates.project()
         return self.strategy.meta_backward(self, batch)
 
     # -- adaptation and evaluation ----------------------------------------------------------

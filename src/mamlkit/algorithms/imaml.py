@@ -16,7 +16,7 @@ from torch import Tensor
 from mamlkit import functional as fn
 from mamlkit.checks import check_count, check_learning_rate
 from mamlkit.errors import MamlkitError
-from mamlkit.linalg import conjugate_gradient
+from mamlkit.linalg import conjugate_gradient, dot
 from mamlkit.maml import MAML
 from mamlkit.strategies import InnerLoop, NotALoss, accumulate_grad, mean_over_tasks
 
@@ -56,13 +56,39 @@ class Implicit(NotALoss):
 
     def path(self, loop: InnerLoop, start: fn.Params, theta: fn.Params, x: Tensor, y: Tensor, steps: int,
              gradient: fn.Gradient, first_order: bool) -> Iterator[fn.Params]:
-        """Gradient steps on L(φ) + λ/2 ‖φ − θ‖² from φ = ``start``, with no graph through the gradient."""
+        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = ``start``, without a graph, safeguarded.
+
+        A step of size α is taken only if it decreases F by at least α/2 ‖∇F‖² (the Armijo condition
+        that every α ≤ 1/curvature meets; up to rounding, so that steps near the minimum are not
+        refused for changes below it); otherwise φ stays and this task's α halves. Plain gradient
+        descent with a fixed α diverges once meta-training sharpens the support loss beyond 2/α − λ,
+        and nothing in the implicit meta-gradient sees or opposes that (it assumes φ solves the
+        inner problem, whatever the path). The test and the halving are masks, so tasks keep their
+        own α under vmap.
+        """
         theta = {n: p.detach() for n, p in theta.items()}
         phi = {n: p.detach() for n, p in start.items()}
+
+        def objective(params, s):
+            distance = {n: params[n] - theta[n] for n in params}
+            return loop.loss_fn(loop.at(s)(params, x), y) + self.lam / 2 * dot(distance, distance)
+
+        def objective_gradient(params, s):
+            grads = gradient(lambda p: loop.loss_fn(loop.at(s)(p, x), y), params, False)
+            return {n: grads[n] + self.lam * (params[n] - theta[n]) for n in params}
+
+        value, grad, scale = objective(phi, 0), objective_gradient(phi, 0), 1.0
         yield phi
         for s in range(steps):
-            grads = gradient(lambda p: loop.loss_fn(loop.at(s)(p, x), y), phi, False)
-            phi = fn.sgd_step(phi, {n: grads[n] + self.lam * (phi[n] - theta[n]) for n in phi}, fn.rate_at(loop.lr, s))
+            rate = scale * fn.rate_at(loop.lr, s)
+            candidate = fn.sgd_step(phi, grad, rate)
+            candidate_value, candidate_grad = objective(candidate, s + 1), objective_gradient(candidate, s + 1)
+            rounding = 4 * torch.finfo(value.dtype).eps * value.abs()  # near the minimum decreases vanish in it
+            accept = candidate_value <= value - rate / 2 * dot(grad, grad) + rounding
+            phi = {n: torch.where(accept, candidate[n], phi[n]) for n in phi}
+            grad = {n: torch.where(accept, candidate_grad[n], grad[n]) for n in grad}
+            value = torch.where(accept, candidate_value, value)
+            scale = torch.where(accept, scale, scale / 2)
             yield phi
 
     @torch.no_grad()
