@@ -133,6 +133,18 @@ def test_bad_options_of_a_new_run_create_nothing(tmp_path, capsys, args, message
     assert message in err and not (tmp_path / "new").exists()
 
 
+def test_options_the_experiment_refuses_leave_the_folder_as_it_was(tmp_path, capsys):
+    """Refused only once the experiment builds its learner, after the folder was opened."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (tmp_path / "new", empty):
+        capsys.readouterr()
+        assert main([*TRAIN, "--algo", "reptile", "--first-order", "--out", str(folder)]) == 1
+        assert "bad options for algorithm 'reptile'" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "new").exists() and list(empty.iterdir()) == []
+    assert main([*TRAIN, "--algo", "reptile", "--out", str(empty)]) == 0
+
+
 def test_foreign_files_are_never_overwritten(tmp_path, capsys):
     folder = tmp_path / "mine"
     folder.mkdir()

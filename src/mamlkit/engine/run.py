@@ -209,7 +209,8 @@ def _open_existing(run_dir: Path, preset_name: str, config) -> bool:
     return with_checkpoint
 
 
-def _open_new(run_dir: Path, preset_name: str, config, stack: contextlib.ExitStack) -> None:
+def _open_new(run_dir: Path, preset_name: str, config, stack: contextlib.ExitStack) -> bool:
+    """Create the run's folder (or fill an empty one) with its config; return whether it was created."""
     check_data(config)
     _check_new_folder(run_dir)
     created = not run_dir.exists()
@@ -227,6 +228,18 @@ def _open_new(run_dir: Path, preset_name: str, config, stack: contextlib.ExitSta
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
         raise
+    return created
+
+
+def _undo_new(run_dir: Path, created: bool) -> None:
+    """A new run that failed before writing anything but its config (a model or algorithm option
+    its experiment refused) leaves the folder as it found it: gone, or empty."""
+    if {path.name for path in run_dir.iterdir()} != {CONFIG}:
+        return
+    with contextlib.suppress(OSError):
+        (run_dir / CONFIG).unlink()
+        if created:
+            run_dir.rmdir()
 
 
 @contextlib.contextmanager
@@ -241,16 +254,19 @@ def opened_run(preset_name: str, config, resume: Path | None = None, out: Path |
             run_dir = Path(resume or out or default_folder(preset_name))
             restarted = resume is None and distributed.restart_count() > 0 and (run_dir / CONFIG).is_file()
             if resume is None and not restarted:
-                _open_new(run_dir, preset_name, config, stack)
-                return run_dir, False
+                return run_dir, False, _open_new(run_dir, preset_name, config, stack)
             stack.enter_context(locked(run_dir))
-            return run_dir, _open_existing(run_dir, preset_name, config)
+            return run_dir, _open_existing(run_dir, preset_name, config), None
 
-        run_dir, continued = distributed.from_main(open_on_main)
+        run_dir, continued, created = distributed.from_main(open_on_main)
         try:
             yield run_dir, continued
         except KeyboardInterrupt:
             raise RunInterrupted(run_dir) from None
+        except MamlkitError:
+            if created is not None and distributed.is_main():
+                _undo_new(run_dir, created)
+            raise
 
 
 def evaluation_config(config, device: str | None = None, data: str | None = None):
