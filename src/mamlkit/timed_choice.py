@@ -1,0 +1,60 @@
+"""Choose the fastest of several equivalent computations by timing them on the real calls.
+
+Which way of running a meta-batch is fastest (tasks vmapped, vmapped in chunks, or looped) depends
+on the model, the shapes, the device and the machine: on a CPU the task loop beat vmap for Omniglot
+20-way and MiniImagenet while vmap wins on a GPU. No rule of thumb gets that right everywhere, so
+the first calls rotate over the candidates, time them, and the fastest is kept for the rest of the
+run. Every call computes the full result with one of the candidates, so nothing is wasted and the
+results do not depend on the choice.
+"""
+
+import statistics
+import time
+from typing import Callable
+
+from mamlkit.errors import MamlkitError
+
+
+class TimedChoice:
+    """Call ``candidates[name](*args)``, rotating over the names until one is chosen.
+
+    Round 0 calls every candidate once untimed (warm-up: lazy initialisation, allocator growth), the
+    next ``rounds`` rounds time each once. Then the fastest median is chosen; a candidate listed
+    earlier wins when it is within ``tolerance`` of the fastest (list candidates in order of
+    preference, e.g. least memory first). ``clock`` returns seconds and must include the work (pass a
+    synchronising clock for asynchronous devices).
+    """
+
+    def __init__(self, candidates: dict[str, Callable], rounds: int = 2, tolerance: float = 0.05,
+                 clock: Callable[[], float] = time.perf_counter):
+        if not candidates or rounds < 1:
+            raise MamlkitError(f"TimedChoice needs at least one candidate and rounds >= 1, got "
+                               f"{list(candidates)} and rounds={rounds}")
+        self.candidates, self.rounds, self.tolerance, self.clock = dict(candidates), rounds, tolerance, clock
+        self.seconds: dict[str, list[float]] = {name: [] for name in self.candidates}
+        self.chosen: str | None = next(iter(self.candidates)) if len(self.candidates) == 1 else None
+        self._calls = 0
+
+    def __call__(self, *args, **kwargs):
+        if self.chosen is not None:
+            return self.candidates[self.chosen](*args, **kwargs)
+        names = list(self.candidates)
+        name, round_ = names[self._calls % len(names)], self._calls // len(names)
+        self._calls += 1
+        start = self.clock()
+        result = self.candidates[name](*args, **kwargs)
+        if round_ > 0:
+            self.seconds[name].append(self.clock() - start)
+        if round_ == self.rounds and name == names[-1]:
+            self.chosen = self._fastest()
+        return result
+
+    def _fastest(self) -> str:
+        medians = {name: statistics.median(times) for name, times in self.seconds.items()}
+        best = min(medians.values())
+        return next(name for name, median in medians.items() if median <= best * (1 + self.tolerance))
+
+    def report(self) -> dict:
+        """What was timed and chosen, for the run folder: ``{"chosen", "ms": {name: [ms, ...]}}``."""
+        return {"chosen": self.chosen, "ms": {name: [round(s * 1e3, 3) for s in times]
+                                              for name, times in self.seconds.items()}}
