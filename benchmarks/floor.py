@@ -10,7 +10,8 @@ of one iteration (RSS high-water mark above the level before it).
 Images are random tensors of the presets' shapes (timings do not depend on pixel values); every
 method of a workload starts from the same weights and steps through the same pre-sampled batches.
 Methods are timed INTERLEAVED in one process (round-robin blocks, medians), so a load change on this
-shared machine hits them alike; the 1-minute load average is recorded beside every row.
+shared machine hits them alike; the 1-minute load average is recorded beside every row, and the CPU
+time this process used per iteration beside the wall time (on a busy machine the fairer comparison).
 
     /work/peers-venv/bin/python benchmarks/floor.py           # ~4 min; benchmarks/results/floor.md + .json
     python benchmarks/floor.py --quick --out /tmp/floor.md     # smoke test (learn2learn optional)
@@ -38,6 +39,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from mamlkit import MAML  # noqa: E402
+from mamlkit.compiled_iteration import CompiledMetaLearner  # noqa: E402
+from mamlkit.engine.trainer import MetaLearner  # noqa: E402
 from mamlkit.experiments import fewshot, sinusoid  # noqa: E402
 from mamlkit.presets import get_preset  # noqa: E402
 
@@ -67,7 +70,7 @@ def parse_args():
 class Workload:
     name: str
     make_model: object  # () -> nn.Module, the same initial weights on every call
-    make_maml: object  # (model, batching, compile) -> MAML
+    make_maml: object  # (model, batching, compile, meta_batch_chunk) -> MAML
     loss_fn: object
     inner_lr: float
     inner_steps: int
@@ -84,9 +87,9 @@ def sinusoid_workload(name) -> Workload:
     def make_model():
         return sinusoid.build_models(config)["maml"]
 
-    def make_maml(model, batching, compile_step=False):
+    def make_maml(model, batching, compile_step=False, chunk=None):
         return MAML(model, F.mse_loss, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
-                    batching=batching, compile=compile_step)
+                    batching=batching, compile=compile_step, meta_batch_chunk=chunk)
 
     return Workload(name, make_model, make_maml, F.mse_loss, config.inner_lr, config.inner_steps, batches,
                     f"MLP 1-40-40-1, {config.meta_batch} tasks, K={config.support}, {config.inner_steps} step")
@@ -106,8 +109,8 @@ def fewshot_workload(name) -> Workload:
     batches = [(images(config.ways * config.shots), labels(config.shots),
                 images(config.ways * config.queries), labels(config.queries)) for _ in range(N_BATCHES)]
 
-    def make_maml(model, batching, compile_step=False):
-        options = {"batching": batching, "compile": "on" if compile_step else "off"}
+    def make_maml(model, batching, compile_step=False, chunk=None):
+        options = {"batching": batching, "compile": "on" if compile_step else "off", "meta_batch_chunk": chunk or 0}
         return fewshot.make_maml(dataclasses.replace(config, **options), model)
 
     return Workload(name, lambda: fewshot.build_model(config), make_maml, fewshot.loss_function(config),
@@ -120,18 +123,29 @@ def workload(name) -> Workload:
     return sinusoid_workload(name) if name == "sinusoid" else fewshot_workload(name)
 
 
-# -- methods: (workload, model) -> meta_grad(*batch), accumulating into .grad ---------------------------
-def mamlkit(batching, compile_step=False):
+# -- methods: (workload, model) -> step(batch), one whole meta-iteration that leaves the gradient in .grad --
+def adam(model):
+    return torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def mamlkit(batching, compile_step=False, chunk=None):
     def build(w: Workload, model):
-        return w.make_maml(model, batching, compile_step).meta_backward
+        return MetaLearner(w.make_maml(model, batching, compile_step, chunk), adam(model)).step
     return build
+
+
+def compiled_iteration(w: Workload, model):
+    """What ``mamlkit train sinusoid`` runs: meta-gradient and Adam step as one compiled call."""
+    return CompiledMetaLearner(w.make_maml(model, "vmap"), adam(model)).step
 
 
 def learn2learn(w: Workload, model):
     import learn2learn as l2l
-    maml = l2l.algorithms.MAML(model, lr=w.inner_lr, first_order=False)
+    maml, optimizer = l2l.algorithms.MAML(model, lr=w.inner_lr, first_order=False), adam(model)
 
-    def meta_grad(sx, sy, qx, qy):
+    def step(batch):
+        sx, sy, qx, qy = batch
+        optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for t in range(len(sx)):
             learner = maml.clone()
@@ -139,13 +153,15 @@ def learn2learn(w: Workload, model):
                 learner.adapt(w.loss_fn(learner(sx[t]), sy[t]))
             total = total + w.loss_fn(learner(qx[t]), qy[t])
         (total / len(sx)).backward()
-    return meta_grad
+        optimizer.step()
+    return step
 
 
 def methods_for(name: str) -> dict:
-    methods = {"mamlkit vmap": mamlkit("vmap"), "mamlkit loop": mamlkit("loop")}
-    if name == "sinusoid":  # what `mamlkit train sinusoid` runs (compiles in ~40 s)
-        methods["mamlkit vmap compiled"] = mamlkit("vmap", compile_step=True)
+    methods = {"mamlkit vmap": mamlkit("vmap"), "mamlkit loop": mamlkit("loop"), "mamlkit auto": mamlkit("auto")}
+    if name == "sinusoid":
+        methods["mamlkit vmap, compiled gradient"] = mamlkit("vmap", compile_step=True)
+        methods["mamlkit compiled iteration"] = compiled_iteration
     if importlib.util.find_spec("learn2learn") is not None:
         methods["learn2learn"] = learn2learn
     return methods
@@ -166,10 +182,9 @@ def matmul_peak_gflops(seconds: float) -> float:
 
 def counted_gflop(w: Workload) -> float:
     """FLOPs of one second-order meta-gradient on the task-loop path (plain per-task ops, counted exactly)."""
-    model = w.make_model()
-    meta_grad = mamlkit("loop")(w, model)
+    maml = w.make_maml(w.make_model(), "loop")
     with FlopCounterMode(display=False) as counter:
-        meta_grad(*w.batches[0])
+        maml.meta_backward(*w.batches[0])
     return counter.get_total_flops() / 1e9
 
 
@@ -178,28 +193,35 @@ class Runner:
 
     def __init__(self, w: Workload, build, model):
         self.model = copy.deepcopy(model)
-        self.meta_grad = build(w, self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.batches, self.i, self.ms = w.batches, 0, []
+        self.iteration = build(w, self.model)
+        self.batches, self.i, self.ms, self.cpu_ms = w.batches, 0, [], []
 
     def step(self):
-        self.optimizer.zero_grad(set_to_none=True)
-        self.meta_grad(*self.batches[self.i % len(self.batches)])
-        self.optimizer.step()
+        self.iteration(self.batches[self.i % len(self.batches)])
         self.i += 1
 
+    def settle(self) -> str | None:
+        """batching='auto': step until it has timed its candidates; the path it keeps (None for other methods)."""
+        learner = getattr(self.iteration, "__self__", None)
+        if not isinstance(learner, MetaLearner) or learner.maml.mapping.batching != "auto":
+            return None
+        while learner.maml.mapping.report().get("chosen") is None:
+            self.step()
+        return learner.maml.mapping.report()["chosen"]
+
     def gradient(self, batch) -> list[torch.Tensor]:
-        self.model.zero_grad(set_to_none=True)
-        self.meta_grad(*batch)
+        """The meta-gradient at the current weights (then the iteration's optimizer step)."""
+        self.iteration(batch)
         return [p.grad.clone() for p in self.model.parameters()]
 
     def block(self, seconds: float):
-        """Iterations for about ``seconds`` (at least one); appends ms/iter."""
-        done, start = 0, time.perf_counter()
+        """Iterations for about ``seconds`` (at least one); appends wall and CPU (this process) ms/iter."""
+        done, start, cpu_start = 0, time.perf_counter(), time.process_time()
         while done == 0 or time.perf_counter() - start < seconds:
             self.step()
             done += 1
         self.ms.append((time.perf_counter() - start) / done * 1e3)
+        self.cpu_ms.append((time.process_time() - cpu_start) / done * 1e3)
 
 
 def peak_mb(name: str, method: str, threads: int) -> float | None:
@@ -209,9 +231,20 @@ def peak_mb(name: str, method: str, threads: int) -> float | None:
     return result.get("peak_mb")
 
 
+def path_of(chosen: str) -> str:
+    """The method that runs the path batching='auto' chose ("vmap, 4 tasks per backward" -> "mamlkit vmap:4")."""
+    return "mamlkit " + chosen.replace(", ", ":").replace(" tasks per backward", "")
+
+
+def build_method(name: str, method: str):
+    if method.startswith("mamlkit vmap:"):
+        return mamlkit("vmap", chunk=int(method.split(":")[1]))
+    return methods_for(name)[method]
+
+
 def first_iteration_peak(name: str, method: str) -> dict:
     w = workload(name)
-    runner = Runner(w, methods_for(name)[method], w.make_model())
+    runner = Runner(w, build_method(name, method), w.make_model())
     harness.reset_peak_rss()
     before = harness.rss_mb()
     runner.step()
@@ -224,7 +257,7 @@ def measure(name: str, args) -> list[dict]:
     model = w.make_model()
     gflop = counted_gflop(w)
     runners = {method: Runner(w, build, model) for method, build in methods_for(name).items()}
-    reference = runners["mamlkit loop"].gradient(w.batches[0])
+    reference = Runner(w, mamlkit("loop"), model).gradient(w.batches[0])  # at the initial weights
     rows = {}
     for method, runner in runners.items():
         start = time.perf_counter()
@@ -232,8 +265,11 @@ def measure(name: str, args) -> list[dict]:
         first_s = time.perf_counter() - start
         diff = max((g - r).abs().max().item() for g, r in zip(grads, reference)) / max(
             r.abs().max().item() for r in reference)  # conv biases before BatchNorm have ~0 gradients
-        rows[method] = {"workload": name, "summary": w.summary, "method": method, "first_call_s": first_s,
-                        "rel_diff_vs_loop": diff, "peak_mb": peak_mb(name, method, args.threads), "gflop": gflop}
+        chosen = runner.settle()
+        rows[method] = {"workload": name, "summary": w.summary, "first_call_s": first_s, "rel_diff_vs_loop": diff,
+                        "method": method if chosen is None else f"{method} → {chosen}",
+                        "peak_mb": peak_mb(name, method if chosen is None else path_of(chosen), args.threads),
+                        "gflop": gflop}
     repeats = 3 if args.quick else 5
     loads = []
     for _ in range(repeats):  # interleaved: one block of every method per round
@@ -243,7 +279,8 @@ def measure(name: str, args) -> list[dict]:
     l2l = runners.get("learn2learn")
     for method, runner in runners.items():
         ms = statistics.median(runner.ms)
-        rows[method].update(ms=ms, ms_min=min(runner.ms), ms_blocks=runner.ms, gflops=gflop / ms * 1e3,
+        rows[method].update(ms=ms, ms_min=min(runner.ms), ms_blocks=runner.ms, cpu_ms=statistics.median(runner.cpu_ms),
+                            gflops=gflop / ms * 1e3,
                             matmul_peak=peak, peak_fraction=gflop / ms * 1e3 / peak, load1=statistics.median(loads),
                             speedup_vs_l2l=None if l2l is None else statistics.median(l2l.ms) / ms)
     return list(rows.values())
@@ -254,12 +291,12 @@ def table(rows, threads) -> str:
     lines = [f"Second order, {threads} thread(s); matmul peak = median GFLOP/s of a float32 2048² matmul on the "
              f"same threads, measured just before each workload.",
              "",
-             "| workload | method | ms/iter median (min) | × vs learn2learn | GFLOP/iter (loop path) | GFLOP/s "
-             "| matmul peak GFLOP/s | % of peak | peak MB (RSS, 1st iter.) | max rel. diff vs loop | 1st call s "
-             "| load1 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| workload | method | ms/iter median (min) | CPU ms/iter | × vs learn2learn | GFLOP/iter (loop path) "
+             "| GFLOP/s | matmul peak GFLOP/s | % of peak | peak MB (RSS, one iteration; auto: its choice) "
+             "| max rel. diff vs loop | 1st call s | load1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['method']} | {r['ms']:.1f} ({r['ms_min']:.1f}) "
+        lines.append(f"| {r['workload']} | {r['method']} | {r['ms']:.1f} ({r['ms_min']:.1f}) | {r['cpu_ms']:.1f} "
                      f"| {harness.fmt(r['speedup_vs_l2l'], '.2f')} | {r['gflop']:.3f} | {r['gflops']:.1f} "
                      f"| {r['matmul_peak']:.0f} | {100 * r['peak_fraction']:.1f}% | {harness.fmt(r['peak_mb'], '.0f')} "
                      f"| {r['rel_diff_vs_loop']:.1e} | {r['first_call_s']:.1f} | {r['load1']:.2f} |")

@@ -5,12 +5,16 @@ One file for a session that has a GPU lent for a few minutes (≤ 10 min on one 
 1. checks the meta-gradient computed ON THE DEVICE in float64 against the independent reference
    loop of tests/reference.py run on the CPU (relative error < 1e-10): every model of
    tests/zoo.py plus the paper's full-size networks (sinusoid MLP 1-40-40-1, Omniglot conv 4×64,
-   Omniglot MLP, MiniImagenet conv 4×32 at 84×84), second and first order, vmap and loop paths;
+   Omniglot MLP, MiniImagenet conv 4×32 at 84×84), second and first order, vmap (whole meta-batch
+   and one task per backward) and loop paths;
 2. times one meta-iteration (zero_grad + meta-gradient + Adam step, `MetaLearner.step`) of the
    sinusoid preset (25 tasks), Omniglot 5-way and 20-way 1-shot (real data when found, else random
-   images of the same shape) and MiniImagenet 5-way 1-shot (random 84×84 images), tasks vmapped and
-   looped, float32, with CUDA synchronised around every timed block; the sinusoid and Omniglot
-   5-way also `torch.compile`d, last, since compiling can take minutes;
+   images of the same shape) and MiniImagenet 5-way 1-shot (random 84×84 images), tasks vmapped,
+   looped and as `batching="auto"` chooses after timing its candidates, float32, with CUDA
+   synchronised around every timed block; compiled, last (compiling can take minutes): the sinusoid's
+   whole iteration (meta-gradient and Adam step in one call, what `mamlkit train sinusoid` runs), and
+   Omniglot 5-way with the compiled meta-gradient and as a whole compiled iteration (on CUDA with
+   `mode="reduce-overhead"`: CUDA graphs; never measured on a GPU yet);
 3. runs the training path end to end: `mamlkit train sinusoid --device <device>` for a few
    iterations, then resumes that run on the CPU (a checkpoint written on the device loads on the
    CPU), and `torchrun --nproc-per-node 1` (NCCL on CUDA, gloo on CPU).
@@ -43,6 +47,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mamlkit import MAML  # noqa: E402
+from mamlkit.compiled_iteration import CompiledMetaLearner, meta_learner  # noqa: E402
 from mamlkit.engine.trainer import MetaLearner  # noqa: E402
 from mamlkit.experiments import fewshot, sinusoid  # noqa: E402
 from mamlkit.models.conv import miniimagenet_conv, omniglot_conv, omniglot_mlp  # noqa: E402
@@ -97,10 +102,11 @@ def gradient_checks(device: torch.device) -> list[dict]:
             model, batch = make_model(), make_batch()
             for first_order in (False, True):
                 expected = reference_meta_grad(model, loss_fn, 0.3, 2, batch, first_order=first_order)
-                for batching in ("vmap", "loop"):
+                for batching, chunk in (("vmap", None), ("vmap", 1), ("loop", None)):
                     on_device = copy.deepcopy(model).to(device)
                     maml = MAML(on_device, loss_fn, inner_lr=0.3, inner_steps=2, first_order=first_order,
-                                batching=batching)
+                                batching=batching, meta_batch_chunk=chunk)
+                    batching = batching if chunk is None else f"{batching}, {chunk} task per backward"
                     start = time.perf_counter()
                     maml.meta_backward(*(t.to(device) for t in batch))
                     synchronize(device)
@@ -108,7 +114,7 @@ def gradient_checks(device: torch.device) -> list[dict]:
                     error = relative_error(grads, expected)
                     rows.append({"model": name, "order": "first" if first_order else "second", "batching": batching,
                                  "rel_error": error, "ok": error < TOLERANCE, "s": time.perf_counter() - start})
-                    print(f"grad {name:32s} {rows[-1]['order']:6s} {batching:4s} {error:.1e}", flush=True)
+                    print(f"grad {name:32s} {rows[-1]['order']:6s} {batching:26s} {error:.1e}", flush=True)
     finally:
         torch.set_default_dtype(previous)
     return rows
@@ -134,10 +140,21 @@ def time_steps(learner, batches, device, warmup: int, iters: int) -> dict:
 
 
 def sinusoid_learner(device, compiled: bool):
+    """What `mamlkit train sinusoid` runs: compiled, the meta-gradient and Adam step as one call."""
     config = dataclasses.replace(get_preset("sinusoid").config, device=str(device))
     model = sinusoid.build_models(config)["maml"]
-    return MetaLearner(sinusoid.make_maml(config, model, compile_step=compiled),
-                       torch.optim.Adam(model.parameters(), lr=config.meta_lr)), config
+    return meta_learner(sinusoid.make_maml(config, model), torch.optim.Adam(model.parameters(), lr=config.meta_lr),
+                        compile_iteration=compiled), config
+
+
+def choose_path(learner, batches) -> str:
+    """Steps until batching='auto' has timed its candidates; the path it keeps."""
+    mapping = learner.maml.mapping
+    for i in range(100):
+        if mapping.choice is not None and mapping.choice.chosen is not None:
+            break
+        learner.step(batches[i % len(batches)])
+    return mapping.report()["chosen"]
 
 
 def sinusoid_batches(config, device, n=8):
@@ -183,17 +200,27 @@ def timings(args, compiled: bool) -> list[dict]:
 
     if not compiled or args.compile != "none":
         learner, config = sinusoid_learner(args.device, compiled)
-        record("sinusoid 25 tasks, K=10", "vmap", learner, sinusoid_batches(config, args.device), "sampled")
+        record("sinusoid 25 tasks, K=10", "vmap, whole iteration" if compiled else "vmap", learner,
+               sinusoid_batches(config, args.device), "sampled")
     for preset, workload in FEWSHOT_WORKLOADS.items():
         if compiled and (args.compile != "all" or preset != "omniglot-5w1s"):
             continue
         config = dataclasses.replace(get_preset(preset).config, data=str(args.data), device=str(args.device),
                                      compile="on" if compiled else "off")
-        batches, source = fewshot_batches(config, args.device)  # the same episodes for both batchings
-        for batching in ("vmap",) if compiled else ("vmap", "loop"):
-            config = dataclasses.replace(config, batching=batching)
+        batches, source = fewshot_batches(config, args.device)  # the same episodes for every batching
+        for batching in ("vmap", "whole iteration") if compiled else ("vmap", "loop", "auto"):
+            config = dataclasses.replace(config, batching="vmap" if compiled else batching)
             model = fewshot.build_model(config)
-            learner = MetaLearner(fewshot.make_maml(config, model), torch.optim.Adam(model.parameters(), lr=1e-3))
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            if batching == "whole iteration":  # meta-gradient and Adam in one call, CUDA graphs on a GPU
+                mode = "reduce-overhead" if args.device.type == "cuda" else None
+                learner = CompiledMetaLearner(fewshot.make_maml(dataclasses.replace(config, compile="off"), model),
+                                              optimizer, mode=mode)
+                batching = f"vmap, whole iteration, mode={mode}"
+            else:
+                learner = MetaLearner(fewshot.make_maml(config, model), optimizer)
+            if batching == "auto":
+                batching = f"auto → {choose_path(learner, batches)}"
             record(workload, batching, learner, batches, source)
     return rows
 

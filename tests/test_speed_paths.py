@@ -1,13 +1,24 @@
-"""The speed machinery: the timed choice of a path and the chunked backward are exact and choose right."""
+"""The speed paths: chunked and auto-chosen task batching and the compiled iteration are exact, and
+the timed choice picks right."""
 
 import pytest
 import torch
 
+from mamlkit import MAML
+from mamlkit.algorithms import build_algorithm
 from mamlkit.chunked import backward_in_chunks
+from mamlkit.compiled_iteration import CompiledMetaLearner, meta_learner
+from mamlkit.engine.trainer import MetaLearner
 from mamlkit.errors import MamlkitError
 from mamlkit.timed_choice import TimedChoice
 from reference import reference_meta_grad, reference_meta_loss, relative_error, trainable
 from zoo import CASES
+
+
+def build(case, seed=0):
+    make_model, make_batch, loss_fn = CASES[case]
+    torch.manual_seed(seed)
+    return make_model(), make_batch(), loss_fn
 
 
 class FakeClock:
@@ -78,3 +89,85 @@ def test_backward_in_chunks_is_the_whole_batch_gradient(chunk_size):
     actual = {n: p.grad for n, p in trainable(model).items()}
     assert relative_error(actual, expected) < 1e-12
     assert torch.allclose(loss, reference_meta_loss(model, loss_fn, 0.3, 2, batch).detach(), rtol=1e-12)
+
+
+@pytest.mark.usefixtures("float64")
+def test_compiled_iteration_makes_the_eager_updates():
+    """Meta-gradient and Adam step in one compiled call: the same parameters, learned rates and Adam state
+    after three iterations as MetaLearner's eager steps (Meta-SGD rates and a frozen layer included)."""
+    make_model, make_batch, loss_fn = CASES["frozen"]
+    learners = []
+    for learner_class in (MetaLearner, CompiledMetaLearner):
+        torch.manual_seed(0)
+        maml = MAML(make_model(), loss_fn, inner_lr=0.1, learn_lr="metasgd")
+        learners.append(learner_class(maml, torch.optim.Adam(maml.parameters(), lr=0.01)))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        batch = make_batch(generator=generator)
+        losses = [learner.step(batch)["query_loss"] for learner in learners]
+        assert losses[1] == pytest.approx(losses[0], rel=1e-12)
+    eager, compiled = (dict(learner.maml.named_parameters()) for learner in learners)
+    assert relative_error(compiled, eager) < 1e-12
+    states = [learner.optimizer.state_dict()["state"] for learner in learners]
+    assert all(torch.allclose(states[1][i]["exp_avg_sq"], s["exp_avg_sq"], rtol=1e-10) and
+               states[1][i]["step"] == s["step"] == 3 for i, s in states[0].items())
+
+
+@pytest.mark.parametrize("algorithm", ["mamlpp", "reptile"])
+def test_compiled_iteration_refuses_what_it_would_get_wrong(algorithm):
+    """MAML++ counts iterations in meta_backward, Reptile's update is not a gradient: neither compiles."""
+    maml = build_algorithm(algorithm, CASES["mlp"][0](), CASES["mlp"][2], inner_lr=0.1)
+    with pytest.raises(MamlkitError, match="needs plain MAML"):
+        CompiledMetaLearner(maml, torch.optim.Adam(maml.parameters()))
+    assert type(meta_learner(maml, torch.optim.Adam(maml.parameters()), compile_iteration=True)) is MetaLearner
+
+
+# -- chunked and auto-chosen task batching, against the independent reference -----------------------
+def meta_gradient(maml, batch):
+    maml.zero_grad(set_to_none=True)
+    maml.meta_backward(*batch)
+    return {n: p.grad.clone() for n, p in trainable(maml.model).items()}
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vmap_in_chunks_matches_reference_loop(case, steps, first_order):
+    """3 tasks back-propagated 2 at a time (chunks of 2 and 1)."""
+    model, batch, loss_fn = build(case)
+    expected = reference_meta_grad(model, loss_fn, 0.3, steps, batch, first_order=first_order)
+    maml = MAML(model, loss_fn, inner_lr=0.3, inner_steps=steps, first_order=first_order, batching="vmap",
+                meta_batch_chunk=2)
+    assert relative_error(meta_gradient(maml, batch), expected) < 1e-10
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_auto_candidate_matches_reference_loop(case):
+    """The timed calls run each candidate (vmap in chunks of 1, 2 and 3 of 3 tasks, the loop) in turn;
+    every one of them, and the path kept afterwards, gives the reference gradient."""
+    model, batch, loss_fn = build(case)
+    expected = reference_meta_grad(model, loss_fn, 0.3, 2, batch)
+    maml = MAML(model, loss_fn, inner_lr=0.3, inner_steps=2)
+    candidates = ["vmap, 1 tasks per backward", "vmap, 2 tasks per backward", "loop", "vmap"]
+    for call in range(3 * len(candidates) + 1):
+        assert relative_error(meta_gradient(maml, batch), expected) < 1e-10, f"call {call}"
+    report = maml.mapping.report()
+    assert list(report["ms"]) == candidates and all(len(ms) == 2 for ms in report["ms"].values())
+    assert report["chosen"] in candidates and report["batching"] == "auto"
+
+
+def test_auto_does_not_time_paths_a_model_cannot_take():
+    """A BatchNorm with running statistics cannot be vmapped: auto loops (in chunks if asked) and times nothing."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    maml = MAML(model, torch.nn.functional.mse_loss, inner_lr=0.1, meta_batch_chunk=2)
+    with pytest.warns(UserWarning, match="Python loop"):
+        maml.meta_backward(*CASES["mlp"][1]())
+    assert maml.mapping.report() == {"batching": "auto", "meta_batch_chunk": 2}
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 2.5, True])
+def test_meta_batch_chunk_must_be_a_positive_count(chunk):
+    with pytest.raises(MamlkitError, match="meta_batch_chunk must be a positive number of tasks"):
+        MAML(CASES["mlp"][0](), torch.nn.functional.mse_loss, inner_lr=0.1, meta_batch_chunk=chunk)

@@ -64,7 +64,9 @@ class MAML(nn.Module):
         first_order: drop second derivatives (stop the gradient through the inner gradient).
         batching: ``"vmap"`` runs the meta-batch as one vectorised call, ``"loop"`` one task at a
             time with plain autograd, ``"auto"`` picks vmap unless the model cannot take it (then
-            warns once and loops).
+            warns once and loops); in ``meta_backward``, ``"auto"`` times vmap over all tasks, vmap in
+            chunks of 1/2, 1/4, 1/8 of them and the loop on the first meta-iterations and keeps the
+            fastest (``maml.mapping.report()``).
         compile: ``torch.compile`` the meta-gradient computed by ``meta_backward`` (vmap only).
         learn_lr: ``"metasgd"`` learns one rate per parameter element (Meta-SGD, Li et al. 2017),
             ``"lslr"`` one rate per parameter tensor and inner step (MAML++'s LSLR; steps beyond
@@ -76,6 +78,8 @@ class MAML(nn.Module):
             the step's activations; ``meta_backward`` then also back-propagates task by task. Uses
             ``torch.utils.checkpoint``, which does not compose with vmap/``torch.func.grad`` in
             torch 2.13: with ``batching="auto"`` tasks run in a Python loop (one warning).
+        meta_batch_chunk: ``meta_backward`` back-propagates this many tasks at a time, so only one chunk's
+            graph is in memory (the gradient is the same); None: all at once, or under ``"auto"`` the timed choice.
         check_finite: refuse NaN/inf in task data, adapted weights and evaluation metrics with a
             ``MamlkitError`` (one device sync per call; ``False`` skips the checks). The meta-loss is
             returned as it is: the training loop reports a diverged loss with its iteration.
@@ -85,7 +89,8 @@ class MAML(nn.Module):
     def __init__(self, model: nn.Module, loss_fn, inner_lr: float, inner_steps: int = 1, *,
                  eval_inner_steps: int | None = None, first_order: bool = False, batching: str = "auto",
                  compile: bool = False, learn_lr: str | None = None, adapt_only: str | Sequence[str] | None = None,
-                 checkpoint_inner: bool = False, check_finite: bool = True, strategy: Strategy | None = None):
+                 checkpoint_inner: bool = False, check_finite: bool = True, meta_batch_chunk: int | None = None,
+                 strategy: Strategy | None = None):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise MamlkitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -100,7 +105,7 @@ class MAML(nn.Module):
         self.first_order, self.compile, self.learn_lr = bool(first_order), compile, learn_lr
         self.checkpoint_inner, self.check_finite = bool(checkpoint_inner), bool(check_finite)
         self.strategy = strategy or Strategy()
-        self.mapping = TaskMapping(batching, self.checkpoint_inner)
+        self.mapping = TaskMapping(batching, self.checkpoint_inner, meta_batch_chunk)
         self.selection = ParameterSelection(model, adapt_only, self.strategy.excluded)
         self.rates = LearnedRates(learn_lr, self.parameters_to_adapt(), self.inner_lr, self.inner_steps)
         self._step_buffers = [f"{name}.step" if name else "step" for name, m in model.named_modules()

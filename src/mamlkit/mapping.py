@@ -1,10 +1,14 @@
 """How a per-task function runs over a meta-batch: ``vmap`` (one vectorised call), a Python loop of
 plain autograd, or either in chunks of tasks. ``auto`` takes vmap unless the model cannot.
 
-The seam for other mappings (a measured choice, chunked vmap in training) is ``TaskMapping``: its
-callers only pass a per-task function ``per_task(gradient, *task_tensors) -> Tensor`` and the tensors.
+The seam for other mappings is ``TaskMapping``: its callers only pass a per-task function
+``per_task(gradient, *task_tensors) -> Tensor`` and the tensors. Training goes through
+``TaskMapping.backward``, which back-propagates chunks of tasks one after the other (bounded memory)
+and, with ``auto``, times the candidate paths on the first meta-iterations and keeps the fastest.
 """
 
+import math
+import time
 import warnings
 from functools import partial
 
@@ -12,9 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from mamlkit import functional as fn
+from mamlkit.chunked import backward_in_chunks
 from mamlkit.errors import MamlkitError
 from mamlkit.exact_norm import ExactNormalization
 from mamlkit.models.per_step_bn import PerStepBatchNorm
+from mamlkit.timed_choice import TimedChoice
 
 BATCHING = ("auto", "vmap", "loop")
 
@@ -40,16 +46,37 @@ def running_stats_module(model: nn.Module) -> str | None:
     return None
 
 
-class TaskMapping:
-    """vmap or loop for one model; ``auto`` falls back to the loop (warning once) when vmap fails."""
+def synchronized_clock(device: torch.device):
+    """``time.perf_counter`` after the device's queued work is done (a CUDA call returns before)."""
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return now
 
-    def __init__(self, batching: str = "auto", checkpoint_inner: bool = False):
+
+class TaskMapping:
+    """vmap or loop for one model; ``auto`` falls back to the loop (warning once) when vmap fails.
+
+    In training (``backward``) ``meta_batch_chunk`` tasks are back-propagated at a time (all by
+    default); ``auto`` without a chunk size times vmap over all tasks, over halves, quarters and
+    eighths of them, and the loop, and keeps the fastest (``report()`` says what it measured).
+    """
+
+    def __init__(self, batching: str = "auto", checkpoint_inner: bool = False, meta_batch_chunk: int | None = None):
         if batching not in BATCHING:
             raise MamlkitError(f"batching must be one of {BATCHING}, got {batching!r}")
         if checkpoint_inner and batching == "vmap":
             raise MamlkitError("checkpoint_inner=True runs tasks in a Python loop (torch.utils.checkpoint does "
                                "not compose with vmap in torch 2.13); use batching='auto' or 'loop' and compile=False")
+        if meta_batch_chunk is not None and (isinstance(meta_batch_chunk, bool) or not isinstance(meta_batch_chunk, int)
+                                             or meta_batch_chunk < 1):
+            raise MamlkitError(f"meta_batch_chunk must be a positive number of tasks or None (all), "
+                               f"got {meta_batch_chunk!r}")
         self.batching, self.checkpoint_inner, self.vmap_failed = batching, checkpoint_inner, False
+        self.meta_batch_chunk = meta_batch_chunk
+        self.choice: TimedChoice | None = None  # auto, in training: made on the first backward
+        self._loop_forced = False  # while a timed loop candidate runs
 
     def uses_vmap(self, model: nn.Module) -> bool:
         """Whether tasks run under vmap for ``model`` as it is now (train/eval mode matters)."""
@@ -62,7 +89,7 @@ class TaskMapping:
             raise MamlkitError(f"checkpoint_inner=True recomputes forwards, which would update BatchNorm "
                                f"'{blocker}' running statistics twice; use track_running_stats=False or "
                                f"checkpoint_inner=False")
-        if self.batching == "loop" or self.vmap_failed or self.checkpoint_inner:
+        if self.batching == "loop" or self.vmap_failed or self.checkpoint_inner or self._loop_forced:
             return False
         if self.batching == "auto" and blocker:
             warnings.warn(f"mamlkit: BatchNorm '{blocker}' tracks running statistics, so tasks run in a "
@@ -89,3 +116,34 @@ class TaskMapping:
                 warnings.warn(f"mamlkit: vmap cannot take this model ({reason}); tasks now run in a Python loop",
                               stacklevel=4)
         return loop_tasks(per_task, tensors)
+
+    def backward(self, model: nn.Module, mean_loss, batch: tuple[Tensor, ...]) -> Tensor:
+        """``mean_loss(*batch).backward()`` (a mean over tasks) chunk by chunk, on the fastest path under ``auto``;
+        returns the detached loss."""
+        if self.batching != "auto" or not self.uses_vmap(model):
+            return backward_in_chunks(mean_loss, batch, self.meta_batch_chunk or batch[0].shape[0])
+        if self.choice is None:
+            self.choice = TimedChoice(self._candidates(batch[0].shape[0]), clock=synchronized_clock(batch[0].device))
+        return self.choice(mean_loss, batch)
+
+    def _candidates(self, tasks: int) -> dict:
+        """Name -> path, least memory first: vmap in chunks, the loop, vmap over all (or ``meta_batch_chunk``)
+        tasks; a tie within TimedChoice's tolerance goes to the earlier."""
+        whole = self.meta_batch_chunk or tasks
+        chunks = [] if self.meta_batch_chunk else sorted({math.ceil(tasks / parts) for parts in (8, 4, 2)} - {tasks})
+        candidates = {f"vmap, {chunk} tasks per backward": partial(self._run, False, chunk) for chunk in chunks}
+        candidates["loop"] = partial(self._run, True, whole)
+        candidates["vmap" if whole == tasks else f"vmap, {whole} tasks per backward"] = partial(self._run, False, whole)
+        return candidates
+
+    def _run(self, loop: bool, chunk: int, mean_loss, batch: tuple[Tensor, ...]) -> Tensor:
+        self._loop_forced = loop
+        try:
+            return backward_in_chunks(mean_loss, batch, chunk)
+        finally:
+            self._loop_forced = False
+
+    def report(self) -> dict:
+        """How training batches its tasks: the setting and, under ``auto``, the timings and the choice."""
+        return {"batching": self.batching, "meta_batch_chunk": self.meta_batch_chunk,
+                **(self.choice.report() if self.choice else {})}

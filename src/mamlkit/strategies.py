@@ -7,12 +7,14 @@ everything else: parameters, rates, task mapping, checks, ``adapt``/``predict``/
 """
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
 from mamlkit import functional as fn
+from mamlkit.chunked import backward_in_chunks
 from mamlkit.errors import MamlkitError
 from mamlkit.mapping import vmap_tasks
 
@@ -90,36 +92,41 @@ class Strategy:
 
     def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
         """``meta_loss(...).backward()``; with ``checkpoint_inner`` task by task (one task's chain of
-        stored parameters alive at a time), with ``compile`` through a compiled ``grad_and_value``."""
+        stored parameters alive at a time), with ``compile`` through a compiled ``grad_and_value``,
+        else as the task mapping chooses (in chunks of tasks, on the fastest path)."""
+        def mean_loss(*tasks):
+            return self.meta_loss(maml, tasks)
+
         if maml.checkpoint_inner:
-            tasks, losses = batch[0].shape[0], []
-            for i in range(tasks):
-                loss = self.meta_loss(maml, tuple(t[i:i + 1] for t in batch)) / tasks
-                loss.backward()
-                losses.append(loss.detach())
-            return torch.stack(losses).sum()
+            return backward_in_chunks(mean_loss, batch, 1)
         if maml.compile and maml.mapping.uses_vmap(maml.model):
             return self._compiled_meta_backward(maml, batch)
-        loss = self.meta_loss(maml, batch)
-        loss.backward()
-        return loss.detach()
+        return maml.mapping.backward(maml.model, mean_loss, batch)
 
     def _compiled_meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
         """One compilation per derivative order; the step weights are an input, not a constant."""
         first_order, step_weights = maml.training_options()
         if first_order not in self._compiled:
-            def objective(meta, constants, tasks, weights):  # every meta-parameter an input
-                return self.objective(maml, meta["params"], {**constants, **meta["fixed"]}, tasks,
-                                      map_tasks=vmap_tasks, rates=meta["rates"], first_order=first_order,
-                                      step_weights=weights)
-            self._compiled[first_order] = torch.compile(torch.func.grad_and_value(objective))
-        meta = {"params": maml.parameters_to_adapt(), "fixed": maml.selection.fixed_trainable(),
-                "rates": maml.inner_lrs}
-        constants = {n: t for n, t in maml.selection.constants().items() if n not in meta["fixed"]}
+            self._compiled[first_order] = torch.compile(torch.func.grad_and_value(
+                partial(self.meta_objective, maml, first_order=first_order)))
+        meta, constants = self.meta_inputs(maml)
         grads, loss = self._compiled[first_order](meta, constants, batch, step_weights)
         for group, tensors in meta.items():
             accumulate_grad(tensors, grads[group])
         return loss.detach()
+
+    def meta_inputs(self, maml) -> tuple[dict[str, fn.Params], fn.Params]:
+        """``meta_objective``'s meta-parameters by group (adapted, trainable but fixed in the inner loop,
+        learned rates) and its constants (frozen parameters, buffers)."""
+        meta = {"params": maml.parameters_to_adapt(), "fixed": maml.selection.fixed_trainable(),
+                "rates": maml.inner_lrs}
+        return meta, {n: t for n, t in maml.selection.constants().items() if n not in meta["fixed"]}
+
+    def meta_objective(self, maml, meta: dict[str, fn.Params], constants: fn.Params, batch, step_weights, *,
+                       first_order: bool) -> Tensor:
+        """The meta-objective as a pure function of every meta-parameter (tasks vmapped), for torch.func/compile."""
+        return self.objective(maml, meta["params"], {**constants, **meta["fixed"]}, batch, map_tasks=vmap_tasks,
+                              rates=meta["rates"], first_order=first_order, step_weights=step_weights)
 
 
 class NotALoss(Strategy):

@@ -21,6 +21,7 @@ from mamlkit.checks import check_finite
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import load_latest_checkpoint, remove_checkpoints_after, save_checkpoint
 from mamlkit.engine.metrics import MetricsLog
+from mamlkit.engine.run import write_json
 from mamlkit.maml import MAML
 
 
@@ -52,6 +53,10 @@ class MetaLearner:
         if self.scheduler is not None:
             self.scheduler.step()
         return {"query_loss": loss}
+
+    def batching(self) -> dict:
+        """How the meta-batch's tasks run (under batching='auto': the timings and the choice)."""
+        return self.maml.mapping.report()
 
     def state_dict(self) -> dict:
         state = {"model": self.maml.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -86,6 +91,12 @@ class TrainLoop:
     def _state(self, iteration: int) -> dict:
         return {"iteration": iteration, "torch_rng": torch.get_rng_state(),
                 "learners": {name: learner.state_dict() for name, learner in self.learners.items()}}
+
+    def _record_batching(self) -> None:
+        """batching.json: how each MAML learner runs its tasks (what batching='auto' timed and kept)."""
+        reports = {name: learner.batching() for name, learner in self.learners.items() if hasattr(learner, "batching")}
+        if reports:
+            write_json(Path(self.run_dir) / "batching.json", reports)
 
     def restore(self) -> int:
         """Load the newest intact checkpoint (rank 0's, on every rank); return its iteration."""
@@ -127,6 +138,7 @@ class TrainLoop:
                     metrics.log(iteration, scalars)
                     bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in scalars.items() if "/" in k})
                     window_start, window_iterations = time.perf_counter(), 0
+                    self._record_batching()
                 if main and (iteration % self.checkpoint_every == 0 or last):
                     save_checkpoint(self.checkpoint_dir, iteration, self._state(iteration))
                 if last:

@@ -102,7 +102,10 @@ class FewShotConfig:
     threads: int = 2
     """torch CPU threads per process"""
     batching: Literal["auto", "vmap", "loop"] = "auto"
-    """how the meta-batch runs: vmap (one vectorised call), loop (one task at a time) or auto"""
+    """how the meta-batch runs: vmap (one vectorised call), loop (one task at a time) or auto (the fastest of
+    vmap, vmap in chunks of tasks and the loop, timed on the first meta-iterations; batching.json)"""
+    meta_batch_chunk: int = 0
+    """tasks back-propagated at a time in training (the same gradient, bounded memory); 0: all, or auto's choice"""
     compile: Literal["on", "off"] = "off"
     """torch.compile the inner step (slower on a CPU, see docs/fewshot.md)"""
     device: Device = "auto"
@@ -115,7 +118,7 @@ class FewShotConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = ("data",)
 
     def __post_init__(self):
-        check_config(self, whole=("inner_steps", "eval_inner_steps", "workers"),
+        check_config(self, whole=("inner_steps", "eval_inner_steps", "workers", "meta_batch_chunk"),
                      positive=("iterations", "ways", "shots", "queries", "meta_batch", "validate_every",
                                "validation_tasks", "eval_tasks", "eval_chunk", "checkpoint_every", "log_every",
                                "threads", "image_size"),
@@ -157,7 +160,8 @@ def make_maml(config: FewShotConfig, model) -> MAML:
     """The configured meta-learner (``--algo``) around ``model``."""
     return from_settings(config.algo, model, loss_function(config), config.algo_options, inner_lr=config.inner_lr,
                          inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps,
-                         first_order=config.first_order, batching=config.batching, compile=config.compile == "on")
+                         first_order=config.first_order, batching=config.batching, compile=config.compile == "on",
+                         **({"meta_batch_chunk": config.meta_batch_chunk} if config.meta_batch_chunk else {}))
 
 
 def load_samplers(config: FewShotConfig) -> dict[str, EpisodeSampler]:

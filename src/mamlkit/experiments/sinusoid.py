@@ -21,7 +21,8 @@ from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import export_weights, load_latest_checkpoint
 from mamlkit.engine.distributed import Device
 from mamlkit.engine.run import write_json
-from mamlkit.engine.trainer import MetaLearner, TrainLoop
+from mamlkit.compiled_iteration import meta_learner
+from mamlkit.engine.trainer import TrainLoop
 from mamlkit.errors import MamlkitError
 from mamlkit.maml import MAML
 from mamlkit.models.mlp import mlp
@@ -150,7 +151,7 @@ def make_loop(config: SinusoidConfig, run_dir: Path) -> TrainLoop:
     maml = make_maml(config, models["maml"], should_compile(config))
     adam = lambda module: torch.optim.Adam(module.parameters(), lr=config.meta_lr)  # noqa: E731
     learners = {
-        "maml": MetaLearner(maml, adam(maml)),
+        "maml": meta_learner(maml, adam(maml), compile_iteration=should_compile(config)),
         "pretrained": JointRegression(models["pretrained"], adam(models["pretrained"])),
         "oracle": JointRegression(models["oracle"], adam(models["oracle"]), oracle_inputs),
     }
