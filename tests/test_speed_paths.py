@@ -171,3 +171,17 @@ def test_auto_does_not_time_paths_a_model_cannot_take():
 def test_meta_batch_chunk_must_be_a_positive_count(chunk):
     with pytest.raises(MamlkitError, match="meta_batch_chunk must be a positive number of tasks"):
         MAML(CASES["mlp"][0](), torch.nn.functional.mse_loss, inner_lr=0.1, meta_batch_chunk=chunk)
+
+
+def test_a_resumed_run_keeps_the_path_auto_chose():
+    """The choice travels in the learner's checkpoint state: a resumed run goes on without timing again."""
+    make_model, make_batch, loss_fn = CASES["mlp"]
+    mamls = [MAML(make_model(), loss_fn, inner_lr=0.1) for _ in range(2)]
+    learners = [MetaLearner(maml, torch.optim.Adam(maml.parameters())) for maml in mamls]
+    batch = make_batch()
+    while learners[0].maml.mapping.report().get("chosen") is None:
+        learners[0].step(batch)
+    learners[1].load_state_dict(learners[0].state_dict())
+    assert learners[1].batching()["chosen"] == learners[0].batching()["chosen"]
+    learners[1].step(batch)
+    assert learners[1].batching()["ms"] == {name: [] for name in learners[0].batching()["ms"]}  # nothing timed

@@ -76,6 +76,7 @@ class TaskMapping:
         self.batching, self.checkpoint_inner, self.vmap_failed = batching, checkpoint_inner, False
         self.meta_batch_chunk = meta_batch_chunk
         self.choice: TimedChoice | None = None  # auto, in training: made on the first backward
+        self.tasks: int | None = None  # the meta-batch the choice was made for
         self._loop_forced = False  # while a timed loop candidate runs
 
     def uses_vmap(self, model: nn.Module) -> bool:
@@ -123,7 +124,8 @@ class TaskMapping:
         if self.batching != "auto" or not self.uses_vmap(model):
             return backward_in_chunks(mean_loss, batch, self.meta_batch_chunk or batch[0].shape[0])
         if self.choice is None:
-            self.choice = TimedChoice(self._candidates(batch[0].shape[0]), clock=synchronized_clock(batch[0].device))
+            self.tasks = batch[0].shape[0]
+            self.choice = TimedChoice(self._candidates(self.tasks), clock=synchronized_clock(batch[0].device))
         return self.choice(mean_loss, batch)
 
     def _candidates(self, tasks: int) -> dict:
@@ -146,4 +148,11 @@ class TaskMapping:
     def report(self) -> dict:
         """How training batches its tasks: the setting and, under ``auto``, the timings and the choice."""
         return {"batching": self.batching, "meta_batch_chunk": self.meta_batch_chunk,
-                **(self.choice.report() if self.choice else {})}
+                **({"tasks": self.tasks, **self.choice.report()} if self.choice else {})}
+
+    def restore(self, report: dict) -> None:
+        """Keep the path a previous ``report()`` chose, without timing again (a resumed run goes on as before)."""
+        candidates = self._candidates(report["tasks"]) if report.get("chosen") is not None else {}
+        if self.batching == "auto" and report.get("chosen") in candidates:  # not when the options changed
+            self.tasks, self.choice = report["tasks"], TimedChoice(candidates)
+            self.choice.chosen = report["chosen"]

@@ -59,7 +59,7 @@ class MetaLearner:
         return self.maml.mapping.report()
 
     def state_dict(self) -> dict:
-        state = {"model": self.maml.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {"model": self.maml.state_dict(), "optimizer": self.optimizer.state_dict(), "batching": self.batching()}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         return state
@@ -69,6 +69,7 @@ class MetaLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        self.maml.mapping.restore(state.get("batching", {}))  # older checkpoints have none: time again
 
 
 @dataclass
