@@ -102,10 +102,9 @@ class FewShotConfig:
     threads: int = 2
     """torch CPU threads per process"""
     batching: Literal["auto", "vmap", "loop"] = "auto"
-    """how the meta-batch runs: vmap (one vectorised call), loop (one task at a time) or auto (the fastest of
-    vmap, vmap in chunks of tasks and the loop, timed on the first meta-iterations; batching.json)"""
+    """how the meta-batch runs: vmap, loop, or auto: the fastest of vmap, vmap in chunks and loop (timed first)"""
     meta_batch_chunk: int = 0
-    """tasks back-propagated at a time in training (the same gradient, bounded memory); 0: all, or auto's choice"""
+    """tasks back-propagated at a time in training (same gradient, less memory); 0: all, or auto's choice"""
     compile: Literal["on", "off"] = "off"
     """torch.compile the inner step (slower on a CPU, see docs/fewshot.md)"""
     device: Device = "auto"
