@@ -20,6 +20,8 @@ from mamlkit.linalg import conjugate_gradient, dot
 from mamlkit.maml import MAML
 from mamlkit.strategies import InnerLoop, NotALoss, accumulate_grad, mean_over_tasks
 
+SUFFICIENT_DECREASE = 1e-4  # Armijo's constant (Nocedal & Wright 3.1): a constant of 1/2 refused Omniglot's α = 0.1
+
 
 def hessian_vector_product(loss_of: Callable[[fn.Params], Tensor], params: fn.Params,
                            gradient: fn.Gradient) -> Callable[[fn.Params], fn.Params]:
@@ -58,9 +60,10 @@ class Implicit(NotALoss):
              gradient: fn.Gradient, first_order: bool) -> Iterator[fn.Params]:
         """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = ``start``, without a graph, safeguarded.
 
-        A step of size α is taken only if it decreases F by at least α/2 ‖∇F‖² (the Armijo condition
-        that every α ≤ 1/curvature meets; up to rounding, so that steps near the minimum are not
-        refused for changes below it); otherwise φ stays and this task's α halves. Plain gradient
+        A step of size α is taken only if it decreases F by at least 1e-4 α ‖∇F‖² (Armijo's
+        sufficient decrease with its usual constant: about every α below 2/curvature passes; up to rounding,
+        so that steps near the minimum are not refused for changes below it); otherwise φ stays and
+        this task's α halves. Plain gradient
         descent with a fixed α diverges once meta-training sharpens the support loss beyond 2/α − λ,
         and nothing in the implicit meta-gradient sees or opposes that (it assumes φ solves the
         inner problem, whatever the path). The test and the halving are masks, so tasks keep their
@@ -84,7 +87,7 @@ class Implicit(NotALoss):
             candidate = fn.sgd_step(phi, grad, rate)
             candidate_value, candidate_grad = objective(candidate, s + 1), objective_gradient(candidate, s + 1)
             rounding = 4 * torch.finfo(value.dtype).eps * value.abs()  # near the minimum decreases vanish in it
-            accept = candidate_value <= value - rate / 2 * dot(grad, grad) + rounding
+            accept = candidate_value <= value - SUFFICIENT_DECREASE * rate * dot(grad, grad) + rounding
             phi = {n: torch.where(accept, candidate[n], phi[n]) for n in phi}
             grad = {n: torch.where(accept, candidate_grad[n], grad[n]) for n in grad}
             value = torch.where(accept, candidate_value, value)
