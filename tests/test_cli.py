@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from importlib.metadata import version
 
 import pytest
@@ -160,6 +161,17 @@ def test_config_files_set_the_preset_and_fields_and_options_override_them(tmp_pa
     assert saved["preset"] == "sinusoid-fo" and saved["first_order"] is True  # the preset's own defaults
     assert saved["hidden"] == [8, 8] and saved["eval_shots"] == [5] and saved["compile"] == "off"  # the file's
     assert saved["iterations"] == 3 and saved["eval_tasks"] == 10  # the command line's
+
+
+def test_a_relative_data_path_in_a_config_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    from mamlkit.config_file import read_config_file
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    (folder / "c.toml").write_text('preset = "images"\ndata = "my-images"\n')
+    monkeypatch.chdir(tmp_path)
+    assert read_config_file(Path("experiment/c.toml")) == ("images", {"data": "experiment/my-images"})
+    (folder / "c.toml").write_text('preset = "images"\ndata = "/srv/images"\n')
+    assert read_config_file(folder / "c.toml")[1] == {"data": "/srv/images"}
 
 
 @pytest.mark.parametrize("name, text, message", [

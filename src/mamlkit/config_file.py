@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from mamlkit.engine.run import PATH_FIELDS
 from mamlkit.errors import MamlkitError
 
 _LOADERS = {".toml": tomllib.loads, ".yaml": yaml.safe_load, ".yml": yaml.safe_load, ".json": json.loads}
@@ -32,4 +33,10 @@ def read_config_file(path: Path) -> tuple[str, dict]:
     if not isinstance(data, dict) or not isinstance(data.get("preset"), str):
         raise MamlkitError(f"{path} names no preset; add a line such as preset = \"sinusoid\" "
                            f"(see `mamlkit presets`)")
-    return data.pop("preset"), data
+    name = data.pop("preset")
+    return name, {key: _beside(path, value) if key in PATH_FIELDS and value else value for key, value in data.items()}
+
+
+def _beside(config_file: Path, value: str) -> str:
+    """A relative data path in a config file is relative to the file, wherever mamlkit runs from."""
+    return str(config_file.parent / Path(value).expanduser())
