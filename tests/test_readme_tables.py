@@ -23,5 +23,6 @@ def test_readme_tables_match_the_committed_runs():
 def test_a_stale_table_is_detected():
     script = load_script()
     readme = (ROOT / "README.md").read_text()
-    stale = readme.replace("| 5 | maml | 2.839", "| 5 | maml | 2.840", 1)
+    row = next(line for line in readme.splitlines() if line.startswith("| 5 | maml | "))
+    stale = readme.replace(row, row.replace("| 5 | maml | ", "| 5 | maml | 9", 1), 1)  # one number changed
     assert stale != readme and script.regenerate(stale) == readme
