@@ -11,16 +11,17 @@ table for table runs.
 """
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from mamlkit.engine.run import config_from_dict, read_run
+from mamlkit.engine.files import atomic_write_bytes, writing
+from mamlkit.engine.run import saved_config
 from mamlkit.errors import MamlkitError
 from mamlkit.models.layers import TransductiveBatchNorm
-from mamlkit.presets import get_preset
 
 
 def adapt_run(run_dir: str | os.PathLike, support_path: str | os.PathLike, steps: int | None = None,
@@ -30,10 +31,10 @@ def adapt_run(run_dir: str | os.PathLike, support_path: str | os.PathLike, steps
     task = _open(run_dir)
     params, classes = task.adapt(support_path, steps)
     path = Path(out) if out is not None else Path(run_dir) / "adapted.pt"
-    _save_state(task.export(params), path)
-    (path.parent / f"{path.name}.json").write_text(json.dumps(
+    _write(path, _state_bytes(task.export(params), path.suffix))
+    _write(path.parent / f"{path.name}.json", (json.dumps(
         {"run": str(run_dir), "support": str(support_path), "steps": task.steps(steps), "classes": classes},
-        indent=2) + "\n")
+        indent=2) + "\n").encode())
     return path
 
 
@@ -47,19 +48,17 @@ def predict_run(run_dir: str | os.PathLike, support_path: str | os.PathLike, que
     params, classes = task.adapt(support_path, steps)
     rows, summary = task.predict(params, classes, query_path, steps)
     path = Path(out) if out is not None else Path(run_dir) / "predictions.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write(path, table.getvalue().encode())
     return {"path": path, "items": len(rows), **summary}
 
 
 def _open(run_dir: str | os.PathLike):
     """The run's trained model, behind the interface of its kind of data."""
-    preset_name, saved = read_run(Path(run_dir))
-    preset = get_preset(preset_name)
-    config = config_from_dict(type(preset.config), saved)
+    preset_name, preset, config = saved_config(Path(run_dir))
     from mamlkit.experiments import fewshot, own_tasks
     if preset.experiment is fewshot:
         return _ImageRun(config, Path(run_dir))
@@ -69,14 +68,22 @@ def _open(run_dir: str | os.PathLike):
                        "your own sampler's runs use the Python API: MAML.adapt and MAML.predict)")
 
 
-def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(path: Path, data: bytes) -> None:
+    """Through the runs' atomic writer: a failed write is one line and leaves no partial file."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
+def _state_bytes(state: dict[str, torch.Tensor], suffix: str) -> bytes:
+    """A plain state_dict as safetensors (``.safetensors``) or ``torch.save`` bytes (anything else)."""
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-        save_file(state, str(path))
-    else:
-        torch.save(state, path)
+    if suffix == ".safetensors":
+        from safetensors.torch import save
+        return save(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def adapted_state_dict(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
