@@ -5,16 +5,20 @@ steps with random actions by (a) a plain Python loop over unwrapped envs (what `
 (b) gymnasium's SyncVectorEnv, (c) AsyncVectorEnv with 2 worker processes, (d) ``mujoco.rollout``
 (one batched C call per policy step, 1 and 2 threads; observations read back from the state).
 Sampler rows: the full batched sampler (policy forward + env) for 2D navigation, the half-cheetah
-(both backends; the gym loop also in 2 worker processes) and the ant (in this process and in 2).
+and the ant (both backends; the gym loop also in 2 worker processes), in steps per wall-clock second
+and per CPU second of the process (the latter stays meaningful on a shared machine; the 1-minute
+load average is recorded beside each row).
 Meta-iteration rows: one MAML meta-iteration (pre-update sampling, inner step, post-update sampling,
 TRPO with 10 CG iterations) at the given scales, wall clock and CPU seconds of the process (the CPU
 seconds stay meaningful on a shared machine). Each row runs in a fresh interpreter with 1 thread.
 
     python benchmarks/rl_sampler.py            # prints a markdown table; --json PATH saves it
+    python benchmarks/rl_sampler.py --only ant # just the rows whose description contains "ant"
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from harness import run_row, version  # noqa: E402
+from harness import cpu_seconds, run_row, version  # noqa: E402
 
 ENV_ID = "HalfCheetah-v5"
 
@@ -94,9 +98,9 @@ def sampler(env_name, tasks, trajectories, horizon, backend, workers):
     generator = torch.Generator().manual_seed(0)
     goals = env.sample_tasks(tasks, generator)
     sample(env, policy, per_task(policy.params(), tasks), goals, trajectories, generator)  # builds the env pool
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()[1]
     episodes = sample(env, policy, per_task(policy.params(), tasks), goals, trajectories, generator)
-    return time.perf_counter() - start, int(episodes.mask.sum())
+    return time.perf_counter() - start, cpu_seconds()[1] - cpu_start, int(episodes.mask.sum())
 
 
 def meta_iteration(env_name, tasks, trajectories, horizon):
@@ -128,8 +132,9 @@ def child(args):
         return {"steps_per_s": n * steps / seconds}
     env_name, tasks, trajectories, horizon = rest[0], *map(int, rest[1:4])
     if kind == "sampler":
-        seconds, steps = sampler(env_name, tasks, trajectories, horizon, rest[4], int(rest[5]))
-        return {"steps_per_s": steps / seconds}
+        seconds, cpu, steps = sampler(env_name, tasks, trajectories, horizon, rest[4], int(rest[5]))
+        own_cpu = {} if int(rest[5]) else {"steps_per_cpu_s": steps / cpu}  # workers' CPU is not this process's
+        return {"steps_per_s": steps / seconds, **own_cpu, "load": os.getloadavg()[0]}
     info = meta_iteration(env_name, tasks, trajectories, horizon)
     return {key: info[key] for key in ("sample_s", "optimize_s", "sample_cpu_s", "optimize_cpu_s")}
 
@@ -139,6 +144,7 @@ def main():
     parser.add_argument("--envs", type=int, default=200)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", default="", help="run only the rows whose description contains this")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -146,28 +152,30 @@ def main():
         return
     script = [str(Path(__file__).resolve())]
     n, steps = str(args.envs), str(args.steps)
-    rows = []
+    planned = []  # (description, child arguments)
     for kind, label in (("raw", "python loop over unwrapped envs"), ("sync", "gymnasium SyncVectorEnv"),
                         ("async", "gymnasium AsyncVectorEnv, 2 workers"), ("rollout-1", "mujoco.rollout, 1 thread"),
                         ("rollout-2", "mujoco.rollout, 2 threads")):
-        rows.append(run_row({"what": f"step {args.envs} half-cheetahs: {label}"}, script + ["--child", kind, n, steps]))
+        planned.append((f"step {args.envs} half-cheetahs: {label}", [kind, n, steps]))
     for env_name, tasks, trajectories, horizon, backend, workers in (
             ("2dnav", 20, 20, 100, "auto", 0), ("cheetah-dir", 10, 10, 200, "gym", 0),
             ("cheetah-dir", 10, 10, 200, "gym", 2), ("cheetah-dir", 10, 10, 200, "rollout", 0),
-            ("ant-dir", 10, 10, 200, "gym", 0), ("ant-dir", 10, 10, 200, "gym", 2)):
+            ("ant-dir", 10, 10, 200, "gym", 0), ("ant-dir", 10, 10, 200, "gym", 2),
+            ("ant-dir", 10, 10, 200, "rollout", 0)):
         how = f"{backend}, {workers} worker processes" if workers else backend
-        rows.append(run_row({"what": f"sampler with policy: {env_name} ({how}), {tasks} tasks × {trajectories} traj × {horizon}"},
-                            script + ["--child", "sampler", env_name, str(tasks), str(trajectories), str(horizon), backend,
-                                      str(workers)]))
+        planned.append((f"sampler with policy: {env_name} ({how}), {tasks} tasks × {trajectories} traj × {horizon}",
+                        ["sampler", env_name, str(tasks), str(trajectories), str(horizon), backend, str(workers)]))
     for env_name, tasks, trajectories, horizon in (("2dnav", 20, 20, 100), ("cheetah-dir", 10, 10, 200)):
-        rows.append(run_row({"what": f"meta-iteration: {env_name}, {tasks} tasks × {trajectories} traj × {horizon}"},
-                            script + ["--child", "iteration", env_name, str(tasks), str(trajectories), str(horizon)]))
+        planned.append((f"meta-iteration: {env_name}, {tasks} tasks × {trajectories} traj × {horizon}",
+                        ["iteration", env_name, str(tasks), str(trajectories), str(horizon)]))
+    rows = [run_row({"what": what}, script + ["--child", *child_args]) for what, child_args in planned if args.only in what]
     print(f"torch {version('torch')}, gymnasium {version('gymnasium')}, mujoco {version('mujoco')}, 1 thread per row\n")
-    print("| what | steps/s | sampling s | optimisation s | sampling CPU s | optimisation CPU s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| what | steps/s | steps per CPU s | load | sampling s | optimisation s | sampling CPU s | optimisation CPU s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        cells = [f"{row[k]:,.0f}" if k == "steps_per_s" and k in row else f"{row[k]:.2f}" if k in row else "—"
-                 for k in ("steps_per_s", "sample_s", "optimize_s", "sample_cpu_s", "optimize_cpu_s")]
+        cells = [f"{row[k]:,.0f}" if k.startswith("steps_per") and k in row else f"{row[k]:.2f}" if k in row else "—"
+                 for k in ("steps_per_s", "steps_per_cpu_s", "load", "sample_s", "optimize_s", "sample_cpu_s",
+                           "optimize_cpu_s")]
         print(f"| {row['what']} | " + " | ".join(cells) + (f" ({row['status']})" if row["status"] != "ok" else "") + " |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

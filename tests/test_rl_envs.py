@@ -90,7 +90,7 @@ def test_cheetah_rewards_are_the_papers(name):
 
 
 def test_ant_terminates_when_unhealthy_and_masks_the_rest():
-    env = make_mujoco_tasks("ant-dir", horizon=3)
+    env = make_mujoco_tasks("ant-dir", horizon=3, backend="gym")
     tasks = torch.tensor([[1.0]])
     env.reset(tasks, 1, torch.Generator().manual_seed(0))
     ant = env.envs[0]
@@ -103,25 +103,34 @@ def test_ant_terminates_when_unhealthy_and_masks_the_rest():
     assert reward.item() == 0.0 and done.tolist() == [[True]]
 
 
-@pytest.mark.parametrize("name", ["cheetah-dir", "cheetah-vel"])
-def test_rollout_cheetah_steps_like_gymnasium(name):
-    fast, slow = make_mujoco_tasks(name, 5, backend="rollout"), make_mujoco_tasks(name, 5, backend="gym")
+@pytest.mark.parametrize("name", ["cheetah-dir", "cheetah-vel", "ant-dir", "ant-vel"])
+def test_rollout_backend_steps_like_gymnasium(name):
+    """Same start states and actions: the same observations, rewards and ends, step for step. One
+    ant is thrown upwards so that it leaves the healthy z range (its episode ends) mid-way."""
+    steps = 20
+    fast, slow = make_mujoco_tasks(name, steps, backend="rollout"), make_mujoco_tasks(name, steps, backend="gym")
     tasks = fast.sample_tasks(2, torch.Generator().manual_seed(0))
-    obs = fast.reset(tasks, 2, torch.Generator().manual_seed(0))
+    fast.reset(tasks, 2, torch.Generator().manual_seed(0))
     slow.reset(tasks, 2, torch.Generator().manual_seed(0))
+    qpos, qvel = slice(1, 1 + fast.nq), slice(1 + fast.nq, 1 + fast.nq + fast.nv)
+    if fast.contact:
+        fast.state[3, qpos.start + 2], fast.state[3, qvel.start + 2] = 0.9, 3.0
     for i, env in enumerate(slow.envs[:4]):  # start the gymnasium copies from the rollout's states
-        env.set_state(fast.state[i, 1:1 + fast.nq], fast.state[i, 1 + fast.nq:1 + fast.nq + fast.nv])
-    actions = torch.randn(3, 2, 2, 6, generator=torch.Generator().manual_seed(1))
-    for t in range(3):
+        env.set_state(fast.state[i, qpos], fast.state[i, qvel])
+    assert fast.obs_dim == slow.obs_dim
+    actions = torch.randn(steps, 2, 2, fast.act_dim, generator=torch.Generator().manual_seed(1))
+    ended, touched = torch.zeros(2, 2, dtype=torch.bool), False
+    for t in range(steps):
         fast_out, slow_out = fast.step(actions[t]), slow.step(actions[t])
         for a, b in zip(fast_out, slow_out):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert obs.shape == (2, 2, 17)
-
-
-def test_rollout_backend_refuses_the_ant():
-    with pytest.raises(MamlkitError, match="backend 'gym'"):
-        make_mujoco_tasks("ant-dir", 5, backend="rollout")
+        ended |= fast_out[2]
+        touched |= bool(fast_out[0][..., 27:].abs().sum() > 0)
+    if fast.contact:
+        assert ended.tolist() == [[False, False], [False, True]]
+        assert touched  # contact forces observed, not just zeros
+    else:
+        assert not ended.any()
 
 
 @pytest.mark.parametrize("name", ["ant-dir", "cheetah-vel"])

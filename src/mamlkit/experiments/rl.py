@@ -93,9 +93,9 @@ class RLConfig:
     threads: int = 1
     """torch CPU threads per process"""
     backend: Literal["auto", "gym", "rollout"] = "auto"
-    """MuJoCo stepping: auto (mujoco.rollout for the cheetah, else gym), gym or rollout"""
+    """MuJoCo stepping: auto (mujoco.rollout unless --env-workers is set), gym or rollout"""
     env_threads: int = 1
-    """mujoco.rollout threads stepping the half-cheetahs (rollout backend)"""
+    """mujoco.rollout threads stepping the MuJoCo copies (rollout backend)"""
     env_workers: int = 0
     """processes stepping the gymnasium envs (gym backend); 0: in this process"""
     device: Literal["cpu"] = "cpu"

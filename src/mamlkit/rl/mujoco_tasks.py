@@ -130,8 +130,8 @@ def make_gym_env(env_id: str, **kwargs):
 
 def make_mujoco_tasks(name: str, horizon: int, backend: str = "auto", threads: int = 1, workers: int = 0):
     """The paper's task ``name``. ``backend``: "gym" (a loop over gymnasium envs, in ``workers``
-    processes if > 0), "rollout" (``mujoco.rollout`` with ``threads`` C threads, half-cheetah only)
-    or "auto" (rollout where it applies and no workers are asked for: the faster on one core)."""
+    processes if > 0), "rollout" (``mujoco.rollout`` with ``threads`` C threads) or "auto" (rollout
+    unless workers are asked for: the faster on one core, benchmarks/rl_sampler.py)."""
     if name not in TASKS:
         raise MamlkitError(f"unknown MuJoCo task {name!r}; choose one of {', '.join(TASKS)}")
     try:
@@ -140,13 +140,11 @@ def make_mujoco_tasks(name: str, horizon: int, backend: str = "auto", threads: i
     except ImportError:
         raise MamlkitError("MuJoCo tasks need gymnasium[mujoco]; pip install 'gymnasium[mujoco]==1.4.0'") from None
     env_id, sampler, reward = TASKS[name]
-    if backend == "rollout" or (backend == "auto" and env_id == "HalfCheetah-v5" and not workers):
-        if env_id != "HalfCheetah-v5":
-            raise MamlkitError(f"the rollout backend steps only the half-cheetah; use backend 'gym' for {name}")
+    if backend == "rollout" or (backend == "auto" and not workers):
         if workers:
             raise MamlkitError("worker processes step the gym backend; the rollout backend takes --env-threads")
-        from mamlkit.rl.mujoco_rollout import RolloutCheetah
-        return RolloutCheetah(sampler, reward, horizon, threads)
+        from mamlkit.rl.mujoco_rollout import RolloutTasks
+        return RolloutTasks(env_id, sampler, reward, horizon, threads)
     if backend != "gym" and backend != "auto":
         raise MamlkitError(f"backend must be auto, gym or rollout, got {backend!r}")
     make_tasks = partial(GymTasks, partial(make_gym_env, env_id), sampler, horizon, reward)
