@@ -2,7 +2,8 @@
 
 A table is marked in README.md by a line ``<!-- table from benchmarks/results/FOLDER -->`` before
 it and ``<!-- end of table -->`` after it; it is the run's own ``format_table`` (the table the run
-printed) applied to its ``results.json``. ``--check`` only reports whether README.md is up to date
+printed) applied to its ``results.json``. ``FOLDER + OTHER`` adds the rows of a companion run on the
+same test tasks (e.g. an RL oracle trained alone: ``--no-maml --no-pretrained --oracle``). ``--check`` only reports whether README.md is up to date
 (exit 1 if not; tests/test_readme_tables.py runs it).
 
     python benchmarks/readme_tables.py [--check]
@@ -15,16 +16,23 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKED = re.compile(r"(<!-- table from (benchmarks/results/[\w.-]+) -->\n)(.*?)(<!-- end of table -->)", re.S)
+MARKED = re.compile(r"(<!-- table from (benchmarks/results/[\w.-]+(?: \+ benchmarks/results/[\w.-]+)*) -->\n)(.*?)"
+                    r"(<!-- end of table -->)", re.S)
 
 
-def table(folder: Path) -> str:
-    """The run's results as its experiment prints them."""
+def table(folders: list[Path]) -> str:
+    """The runs' results as the first run's experiment prints them; a companion adds the rows the
+    first lacks, and must have been evaluated on the same test tasks."""
     from mamlkit.engine.run import saved_config
 
-    _, preset, _ = saved_config(folder)
-    results = json.loads((folder / "results.json").read_text())
-    return preset.experiment.format_table(results.get("results", results))
+    _, preset, _ = saved_config(folders[0])
+    runs = [json.loads((folder / "results.json").read_text()) for folder in folders]
+    rows = dict(runs[0].get("results", runs[0]))
+    for folder, run in zip(folders[1:], runs[1:]):
+        if run.get("tasks") != runs[0].get("tasks"):
+            raise SystemExit(f"{folder} was evaluated on other test tasks than {folders[0]}")
+        rows.update({name: row for name, row in run["results"].items() if name not in rows})
+    return preset.experiment.format_table(rows)
 
 
 def markdown(text: str) -> str:
@@ -35,7 +43,7 @@ def markdown(text: str) -> str:
 
 
 def regenerate(readme: str) -> str:
-    return MARKED.sub(lambda m: f"{m[1]}{markdown(table(ROOT / m[2]))}\n{m[4]}", readme)
+    return MARKED.sub(lambda m: f"{m[1]}{markdown(table([ROOT / f for f in m[2].split(' + ')]))}\n{m[4]}", readme)
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
 """An RL run end to end at a toy scale: outputs, resume to the same numbers, config errors."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -10,6 +11,7 @@ from mamlkit.engine.checkpoint import load_latest_checkpoint
 from mamlkit.errors import MamlkitError
 from mamlkit.experiments import rl
 from mamlkit.presets import get_preset
+from mamlkit.rl.envs import Navigation2D, TaskInObservation
 
 TINY = rl.RLConfig(iterations=2, meta_batch=2, trajectories=3, horizon=8, hidden=(8, 8), eval_tasks=3,
                    eval_steps=1, checkpoint_every=1, validation_tasks=2, validate_every=1)
@@ -22,10 +24,11 @@ def final_params(run_dir):
 
 def test_train_writes_results_figures_and_timings(tmp_path):
     summary = rl.train(TINY, tmp_path)
-    assert set(summary["results"]) == {"maml", "pretrained", "random"}
+    assert set(summary["results"]) == {"maml", "pretrained", "pretrained-own", "pretrained-last", "random"}
     assert all(len(row["return"]) == 2 for row in summary["results"].values())
     selected = json.loads((tmp_path / "results.json").read_text())["checkpoint_iteration"]
-    assert set(selected) == {"maml", "pretrained"} and all(1 <= i <= 2 for i in selected.values())
+    assert set(selected) == {"maml", "pretrained", "pretrained-own", "pretrained-last"}
+    assert all(1 <= i <= 2 for i in selected.values()) and selected["pretrained-last"] == 2
     for name in ("learning_curve.png", "fig5_returns_vs_steps.png", "adapted_paths.png", "metrics.jsonl"):
         assert (tmp_path / name).stat().st_size > 0
     timing = summary["seconds_per_iteration"]["maml"]
@@ -50,7 +53,7 @@ def test_evaluation_uses_each_learners_best_validation_checkpoint(tmp_path):
     config = replace(TINY, iterations=3)
     rl.make_loop(config, tmp_path).run()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    scores = {name: [r[f"val/{name}"] for r in records] for name in ("maml", "pretrained")}
+    scores = {name: [r[f"val/{name}"] for r in records] for name in ("maml", "pretrained", "pretrained-own")}
     env = rl.make_env(config)
     policies, iterations = rl.load_policies(config, tmp_path, env)
     for name, values in scores.items():
@@ -59,6 +62,63 @@ def test_evaluation_uses_each_learners_best_validation_checkpoint(tmp_path):
         assert best["val_return"] == max(values)
         for key, value in best["model"].items():
             assert torch.equal(policies[name].state_dict()[key], value)
+    last, _ = load_latest_checkpoint(tmp_path / "checkpoints")
+    assert iterations["pretrained-last"] == 3
+    for key, value in last["learners"]["pretrained"]["model"].items():
+        assert torch.equal(policies["pretrained-last"].state_dict()[key], value)
+    # the last validation scored the last policy: after the steps ("pretrained"), and before ("-own")
+    validation = env.sample_tasks(config.validation_tasks, torch.Generator().manual_seed(rl.VALIDATION_SEED))
+    returns, _ = rl.adaptation_returns(env, policies["pretrained-last"], validation, config,
+                                       torch.Generator().manual_seed(rl.VALIDATION_SEED + 1))
+    assert records[-1]["val/pretrained"] == returns[:, 1:].mean().item()
+    assert records[-1]["val/pretrained-own"] == returns[:, 0].mean().item() != records[-1]["val/pretrained"]
+
+
+def test_a_selection_missing_from_an_older_run_is_not_started_on_resume(tmp_path, capsys):
+    rl.make_loop(replace(TINY, iterations=1), tmp_path).run()
+    shutil.rmtree(tmp_path / "best" / "pretrained-own")  # as in a run validated before it existed
+    loop = rl.make_loop(TINY, tmp_path)
+    loop.run(start=loop.restore())
+    assert not (tmp_path / "best" / "pretrained-own").exists()
+    policies, iterations = rl.load_policies(TINY, tmp_path, rl.make_env(TINY))
+    assert "pretrained-own" not in policies and "pretrained-last" in policies
+    assert "pretrained-own: this run kept no checkpoint selected that way" in capsys.readouterr().out
+
+
+def test_oracle_observes_the_task_and_leaves_the_other_learners_unchanged(tmp_path):
+    env = TaskInObservation(Navigation2D(horizon=4))
+    goals = torch.tensor([[0.3, -0.2], [-0.1, 0.4]])
+    obs = env.reset(goals, 3, torch.Generator())
+    assert env.obs_dim == 4 and obs.shape == (2, 3, 4)
+    obs, _, _ = env.step(torch.ones(2, 3, 2))
+    torch.testing.assert_close(obs[..., 2:], goals[:, None].expand(2, 3, 2))
+    torch.testing.assert_close(obs[..., :2], torch.full((2, 3, 2), 0.1))
+    for name, config in (("without", TINY), ("with", replace(TINY, oracle=True))):
+        (tmp_path / name).mkdir()
+        rl.make_loop(config, tmp_path / name).run()
+    (_, without), (_, with_oracle) = final_params(tmp_path / "without"), final_params(tmp_path / "with")
+    assert set(with_oracle) == {"maml", "pretrained", "oracle"}
+    assert with_oracle["oracle"]["model"]["mean.0.weight"].shape[1] == 4  # position and goal
+    for learner in without:
+        for key, value in without[learner]["model"].items():
+            assert torch.equal(value, with_oracle[learner]["model"][key]), (learner, key)
+
+
+def test_an_oracle_only_run_is_selected_on_its_unadapted_return(tmp_path):
+    config = replace(TINY, iterations=3, maml=False, pretrained=False, oracle=True)
+    summary = rl.train(config, tmp_path)
+    assert set(summary["results"]) == {"oracle", "random"}
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    values = [r["val/oracle"] for r in records]
+    assert summary["checkpoint_iteration"]["oracle"] == 1 + values.index(max(values))
+    env = rl.method_env("oracle", rl.make_env(config))
+    validation = env.sample_tasks(config.validation_tasks, torch.Generator().manual_seed(rl.VALIDATION_SEED))
+    last, _ = load_latest_checkpoint(tmp_path / "checkpoints")
+    policy = rl.new_policy(config, env)
+    policy.load_state_dict(last["learners"]["oracle"]["model"])
+    returns, _ = rl.adaptation_returns(env, policy, validation, config,
+                                       torch.Generator().manual_seed(rl.VALIDATION_SEED + 1))
+    assert values[-1] == returns[:, 0].mean().item()
 
 
 def test_presets_carry_the_papers_settings():
@@ -72,7 +132,8 @@ def test_presets_carry_the_papers_settings():
 
 @pytest.mark.parametrize("change, message", [({"env": "pong"}, "env must be one of"),
                                              ({"gamma": 1.5}, "gamma must be in"),
-                                             ({"meta_batch": 0}, "meta_batch must be at least 1")])
+                                             ({"meta_batch": 0}, "meta_batch must be at least 1"),
+                                             ({"maml": False, "pretrained": False}, "nothing to train")])
 def test_bad_config_gets_a_one_line_error(change, message):
     with pytest.raises(MamlkitError, match=message):
         replace(TINY, **change)

@@ -1,12 +1,12 @@
 """MAML for reinforcement learning (paper §5.3): 2D navigation, half-cheetah and ant goal velocity
-and direction, with the paper's pretrained and random-initialisation baselines.
+and direction, with the paper's pretrained, random-initialisation and oracle baselines.
 
-MAML and the pretrained policy (plain TRPO on all tasks, no inner step in the objective) train side
-by side on the same task batches. Every ``validate_every`` iterations each is scored on validation
-tasks (mean return after 1..eval_steps steps) and its best checkpoint kept: adapting more than once
-degrades as training shrinks the policy's σ, so the last iteration is not the best one. Evaluation
-(Fig. 5): returns after 0..3 policy-gradient steps on 40 held-out test tasks, 20 trajectories per
-step, α then α/2 as in the paper.
+MAML, the pretrained policy (plain TRPO on all tasks, no inner step in the objective) and, with
+``--oracle``, the oracle (the same, but it observes the task) train side by side on the same task
+batches. Every ``validate_every`` iterations each is scored on validation tasks and its best
+checkpoint kept (``SELECTIONS``): adapting more than once degrades as training shrinks the policy's
+σ, so the last iteration is not the best one. Evaluation (Fig. 5): returns after 0..3
+policy-gradient steps on 40 held-out test tasks, 20 trajectories per step, α then α/2 as in the paper.
 """
 
 import json
@@ -25,7 +25,7 @@ from mamlkit.engine.trainer import TrainLoop
 from mamlkit.errors import MamlkitError
 from mamlkit.rl.advantages import advantages
 from mamlkit.rl.algorithms import TRPOSettings, adapt_tasks
-from mamlkit.rl.envs import Navigation2D, TaskEnv
+from mamlkit.rl.envs import Navigation2D, TaskEnv, TaskInObservation
 from mamlkit.rl.learner import MetaRLLearner
 from mamlkit.rl.policy import GaussianPolicy
 from mamlkit.rl.sampler import per_task, sample
@@ -36,6 +36,13 @@ EVAL_SEED = 20170309  # the same held-out tasks for every run and method
 VALIDATION_SEED = 1703  # validation tasks, for checkpoint selection only
 Env = Literal["2dnav", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir"]
 METHODS = ("maml", "pretrained", "random")
+# The policies each learner contributes to the evaluation: row -> the validation score its checkpoint
+# maximises. "adapted": mean return after 1..eval_steps steps (what MAML is for); "unadapted": the
+# return with no step, a baseline's own objective. The pretrained baseline is reported both ways
+# and at its last checkpoint ("pretrained-last"); docs/rl.md says which one the paper's matches.
+SELECTIONS = {"maml": {"maml": "adapted"},
+              "pretrained": {"pretrained": "adapted", "pretrained-own": "unadapted"},
+              "oracle": {"oracle": "unadapted"}}
 
 
 @dataclass
@@ -72,8 +79,12 @@ class RLConfig:
     """λ of generalised advantage estimation (1: discounted returns minus the baseline)"""
     hidden: tuple[int, ...] = (100, 100)
     """widths of the policy's hidden layers"""
+    maml: bool = True
+    """train MAML (--no-maml: only the baselines, e.g. an oracle for an existing run's test tasks)"""
     pretrained: bool = True
     """train the pretrained baseline beside MAML (doubles sampling)"""
+    oracle: bool = False
+    """train the oracle baseline beside MAML: TRPO on all tasks for a policy that also observes the task"""
     seed: int = 0
     """seeds the initialisation, the training tasks and the sampling"""
     eval_tasks: int = 40
@@ -101,7 +112,7 @@ class RLConfig:
     device: Literal["cpu"] = "cpu"
     """the environments and the small policy run on the CPU"""
     render: bool = True
-    """a GIF of the adapted policy (MuJoCo) or a trajectory plot (2D navigation)"""
+    """a GIF of MAML's adapted policy (MuJoCo) or a trajectory plot (2D navigation)"""
     # options a resumed run may change besides engine.run.RESUMABLE (they keep the training valid)
     RESUMABLE: ClassVar[tuple[str, ...]] = ("env_threads", "env_workers", "render")
 
@@ -113,6 +124,8 @@ class RLConfig:
                      rates=("inner_lr", "eval_inner_lr", "max_kl", "cg_damping", "time_limit"))
         if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and 0 < self.backtrack_ratio < 1):
             raise MamlkitError("gamma must be in (0, 1], gae_lambda in [0, 1] and backtrack_ratio in (0, 1)")
+        if not (self.maml or self.pretrained or self.oracle):
+            raise MamlkitError("nothing to train: --no-maml needs --pretrained or --oracle")
 
 
 def make_env(config: RLConfig) -> TaskEnv:
@@ -122,9 +135,21 @@ def make_env(config: RLConfig) -> TaskEnv:
     return make_mujoco_tasks(config.env, config.horizon, config.backend, config.env_threads, config.env_workers)
 
 
+def method_env(name: str, env: TaskEnv) -> TaskEnv:
+    """What a method's policy acts in: the oracle's observations carry the task."""
+    return TaskInObservation(env) if name.startswith("oracle") else env
+
+
 def build_policies(config: RLConfig, env: TaskEnv) -> dict[str, GaussianPolicy]:
     torch.manual_seed(config.seed)
-    return {name: GaussianPolicy(env.obs_dim, env.act_dim, config.hidden) for name in METHODS}
+    policies = {name: GaussianPolicy(env.obs_dim, env.act_dim, config.hidden) for name in METHODS}
+    if config.oracle:  # drawn after the others, which stay as they were without it
+        policies["oracle"] = new_policy(config, method_env("oracle", env))
+    return policies
+
+
+def new_policy(config: RLConfig, env: TaskEnv) -> GaussianPolicy:
+    return GaussianPolicy(env.obs_dim, env.act_dim, config.hidden)
 
 
 def trpo_settings(config: RLConfig) -> TRPOSettings:
@@ -137,23 +162,35 @@ def make_loop(config: RLConfig, run_dir: Path) -> TrainLoop:
     policies = build_policies(config, env)
     common = dict(env=env, trajectories=config.trajectories, first_order=config.first_order,
                   trpo=trpo_settings(config), gamma=config.gamma, gae_lambda=config.gae_lambda)
-    learners = {"maml": MetaRLLearner(policy=policies["maml"], inner_lr=config.inner_lr, stream=0, **common)}
+    learners = {}
+    if config.maml:
+        learners["maml"] = MetaRLLearner(policy=policies["maml"], inner_lr=config.inner_lr, stream=0, **common)
     if config.pretrained:
         learners["pretrained"] = MetaRLLearner(policy=policies["pretrained"], inner_lr=None, stream=1, **common)
+    if config.oracle:
+        learners["oracle"] = MetaRLLearner(policy=policies["oracle"], inner_lr=None, stream=2,
+                                           **{**common, "env": method_env("oracle", env)})
 
     def batch(generator: torch.Generator):
         return env.sample_tasks(config.meta_batch, generator), int(torch.randint(2**62, (), generator=generator))
 
     validation = env.sample_tasks(config.validation_tasks, torch.Generator().manual_seed(VALIDATION_SEED))
-    bests = {name: BestCheckpoint(Path(run_dir) / "best" / name, "val_return") for name in learners}
+    # A selection new to a run validated before (resumed by newer code) would cover only part of its
+    # training: it is not kept, and load_policies names it as missing.
+    earlier = {path.parent.name for path in Path(run_dir).glob("best/*/ckpt-*.pt")}
+    bests = {row: BestCheckpoint(Path(run_dir) / "best" / row, "val_return") for name in learners
+             for row in SELECTIONS[name] if not earlier or row in earlier}
 
     def validate(iteration: int) -> dict[str, float]:
         scores = {}
         for name, learner in learners.items():
-            returns, _ = adaptation_returns(env, learner.policy, validation, config,
+            returns, _ = adaptation_returns(learner.env, learner.policy, validation, config,
                                             torch.Generator().manual_seed(VALIDATION_SEED + 1))
-            scores[f"val/{name}"] = returns[:, min(1, config.eval_steps):].mean().item()
-            bests[name].offer(iteration, scores[f"val/{name}"], {"model": learner.policy.state_dict()})
+            score = {"adapted": returns[:, min(1, config.eval_steps):].mean().item(), "unadapted": returns[:, 0].mean().item()}
+            for row, selected_by in SELECTIONS[name].items():
+                scores[f"val/{row}"] = score[selected_by]
+                if row in bests:
+                    bests[row].offer(iteration, score[selected_by], {"model": learner.policy.state_dict()})
         return scores
     return TrainLoop(run_dir=run_dir, learners=learners,
                      batches=lambda start: task_stream(batch, config.seed, start=start),
@@ -192,18 +229,32 @@ def adaptation_returns(env: TaskEnv, policy: GaussianPolicy, tasks: torch.Tensor
 
 
 def load_policies(config: RLConfig, run_dir: Path, env: TaskEnv) -> tuple[dict[str, GaussianPolicy], dict[str, int]]:
-    """Each learner's best-on-validation policy (its last one if the run has no validation yet) and
-    the iteration it comes from; the random initialisation as built."""
+    """Each learner's best-on-validation policies (``SELECTIONS``; the last one if the run has no
+    validation yet), the pretrained policy's last one, the iteration each comes from, and the random
+    initialisation as built. A selection the run kept no checkpoint for (a run from before it
+    existed) is left out and named on stdout."""
     last, _ = load_latest_checkpoint(Path(run_dir) / "checkpoints")
-    policies, iterations = build_policies(config, env), {}
+    built, iterations = build_policies(config, env), {}
+    policies = {}
+    validated = any(Path(run_dir).glob("best/*/ckpt-*.pt"))
     for name, learner_state in last["learners"].items():
-        best = Path(run_dir) / "best" / name
-        state = load_latest_checkpoint(best)[0] if any(best.glob("ckpt-*.pt")) else {**learner_state, **last}
-        policies[name].load_state_dict(state["model"])
-        iterations[name] = state["iteration"]
-    if "pretrained" not in last["learners"]:
-        del policies["pretrained"]
-    return policies, iterations
+        rows = {row: Path(run_dir) / "best" / row for row in SELECTIONS[name]}
+        if name == "pretrained":
+            rows["pretrained-last"] = None  # None: the last checkpoint
+        if not validated:
+            rows = {name: None}
+        for row, best in rows.items():
+            if best is None:
+                state = {**learner_state, **last}
+            elif any(best.glob("ckpt-*.pt")):
+                state = load_latest_checkpoint(best)[0]
+            else:
+                print(f"{row}: this run kept no checkpoint selected that way (it predates the option); not evaluated")
+                continue
+            policies[row] = built[row] if row in built else new_policy(config, method_env(row, env))
+            policies[row].load_state_dict(state["model"])
+            iterations[row] = state["iteration"]
+    return {**policies, "random": built["random"]}, iterations
 
 
 def evaluate(config: RLConfig, run_dir: Path) -> dict:
@@ -215,7 +266,7 @@ def evaluate(config: RLConfig, run_dir: Path) -> dict:
     tasks = env.sample_tasks(config.eval_tasks, torch.Generator().manual_seed(EVAL_SEED))
     results, episodes = {}, {}
     for name, policy in policies.items():
-        returns, episodes[name] = adaptation_returns(env, policy, tasks, config,
+        returns, episodes[name] = adaptation_returns(method_env(name, env), policy, tasks, config,
                                                      torch.Generator().manual_seed(EVAL_SEED + 1))
         mean, ci = mean_and_ci95(returns)
         results[name] = {"return": mean.tolist(), "ci95": ci.tolist(), "per_task": returns.tolist()}
@@ -232,7 +283,7 @@ def evaluate(config: RLConfig, run_dir: Path) -> dict:
     from mamlkit.experiments import rl_plots  # matplotlib only when plotting
     rl_plots.plot_learning_curve(run_dir, Path(run_dir) / "learning_curve.png")
     rl_plots.plot_returns_vs_steps(results, config.env, Path(run_dir) / "fig5_returns_vs_steps.png")
-    if config.render:
+    if config.render and "maml" in policies:
         rl_plots.render(config, env, policies["maml"], tasks, episodes["maml"], run_dir)
     return summary
 
@@ -243,7 +294,7 @@ def timing(run_dir: Path) -> dict:
     from mamlkit.engine.metrics import read_metrics
     records = read_metrics(run_dir)
     out = {}
-    for learner in ("maml", "pretrained"):
+    for learner in SELECTIONS:
         for kind in ("sample_s", "optimize_s", "sample_cpu_s", "optimize_cpu_s"):
             values = [r[f"{learner}/{kind}"] for r in records if f"{learner}/{kind}" in r]
             if values:

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mamlkit.engine.files import save_figure, writing  # noqa: E402
 from mamlkit.engine.metrics import read_metrics  # noqa: E402
 
-COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray"}
+COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray", "oracle": "tab:green"}
+MARKERS = {"own": "s", "last": "x"}  # the pretrained baseline's other selections: same colour, other marker
 
 
 def plot_learning_curve(run_dir: Path, path: Path) -> None:
@@ -21,8 +22,10 @@ def plot_learning_curve(run_dir: Path, path: Path) -> None:
             ("maml/return_pre", "maml", "MAML before adaptation", "--"),
             ("maml/return_post", "maml", "MAML after one step", "-"),
             ("pretrained/return_post", "pretrained", "pretrained", ":"),
+            ("oracle/return_post", "oracle", "oracle", "-."),
             ("val/maml", "maml", "MAML, validation tasks (mean after 1.. steps)", "o-"),
-            ("val/pretrained", "pretrained", "pretrained, validation tasks", "s:")):
+            ("val/pretrained", "pretrained", "pretrained, validation tasks", "s:"),
+            ("val/oracle", "oracle", "oracle, validation tasks (no step)", "^-.")):
         points = [(r["iteration"], r[key]) for r in records if key in r]
         if points:
             axis.plot(*zip(*points), style, color=COLORS[learner], lw=1, ms=3, label=label)
@@ -38,8 +41,9 @@ def plot_returns_vs_steps(results: dict, env: str, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(4.5, 3.6))
     for name, row in results.items():
         steps = range(len(row["return"]))
-        axis.errorbar(steps, row["return"], yerr=row["ci95"], marker="o", ms=4, capsize=3,
-                      color=COLORS[name], label=name)
+        learner, _, selection = name.partition("-")
+        axis.errorbar(steps, row["return"], yerr=row["ci95"], marker=MARKERS.get(selection, "o"), ms=4, capsize=3,
+                      color=COLORS[learner], label=name)
     axis.set_xticks(list(steps))
     axis.set_xlabel("number of gradient steps")
     axis.set_ylabel("average return")

@@ -53,3 +53,26 @@ class Navigation2D:
         reward = -offset.norm(dim=-1)
         done = (offset.abs() < 0.01).all(dim=-1)
         return self.state.clone(), reward, done
+
+
+class TaskInObservation:
+    """``env`` with each observation followed by its task's parameters (goal position, velocity or
+    direction): what the paper's oracle baseline sees. Any ``TaskEnv`` works."""
+
+    def __init__(self, env: TaskEnv):
+        self.env, self.act_dim, self.horizon = env, env.act_dim, env.horizon
+        self.obs_dim = env.obs_dim + env.sample_tasks(1, torch.Generator().manual_seed(0)).shape[1]
+
+    def sample_tasks(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.env.sample_tasks(n, generator)
+
+    def reset(self, tasks: Tensor, per_task: int, generator: torch.Generator) -> Tensor:
+        self.seen = tasks[:, None, :].expand(-1, per_task, -1)
+        return self._with_task(self.env.reset(tasks, per_task, generator))
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        obs, reward, done = self.env.step(actions)
+        return self._with_task(obs), reward, done
+
+    def _with_task(self, obs: Tensor) -> Tensor:
+        return torch.cat([obs, self.seen.to(obs.dtype)], dim=-1)
