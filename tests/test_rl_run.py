@@ -77,6 +77,9 @@ def test_evaluation_uses_each_learners_best_validation_checkpoint(tmp_path):
 def test_a_selection_missing_from_an_older_run_is_not_started_on_resume(tmp_path, capsys):
     rl.make_loop(replace(TINY, iterations=1), tmp_path).run()
     shutil.rmtree(tmp_path / "best" / "pretrained-own")  # as in a run validated before it existed
+    records = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    old = [json.dumps({k: v for k, v in json.loads(line).items() if k != "val/pretrained-own"}) for line in records]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(old) + "\n")
     loop = rl.make_loop(TINY, tmp_path)
     loop.run(start=loop.restore())
     assert not (tmp_path / "best" / "pretrained-own").exists()

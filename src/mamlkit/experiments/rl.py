@@ -20,6 +20,7 @@ import torch
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_latest_checkpoint
+from mamlkit.engine.metrics import read_metrics
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import TrainLoop
 from mamlkit.errors import MamlkitError
@@ -175,11 +176,12 @@ def make_loop(config: RLConfig, run_dir: Path) -> TrainLoop:
         return env.sample_tasks(config.meta_batch, generator), int(torch.randint(2**62, (), generator=generator))
 
     validation = env.sample_tasks(config.validation_tasks, torch.Generator().manual_seed(VALIDATION_SEED))
-    # A selection new to a run validated before (resumed by newer code) would cover only part of its
-    # training: it is not kept, and load_policies names it as missing.
-    earlier = {path.parent.name for path in Path(run_dir).glob("best/*/ckpt-*.pt")}
+    # A selection the run's earlier validations did not log (a run resumed by newer code) would cover
+    # only part of its training: it is not kept, and load_policies names it as missing.
+    logged = {key for record in read_metrics(run_dir) for key in record if key.startswith("val/")} \
+        if (Path(run_dir) / "metrics.jsonl").exists() else set()
     bests = {row: BestCheckpoint(Path(run_dir) / "best" / row, "val_return") for name in learners
-             for row in SELECTIONS[name] if not earlier or row in earlier}
+             for row in SELECTIONS[name] if not logged or f"val/{row}" in logged}
 
     def validate(iteration: int) -> dict[str, float]:
         scores = {}
@@ -291,7 +293,6 @@ def evaluate(config: RLConfig, run_dir: Path) -> dict:
 def timing(run_dir: Path) -> dict:
     """Mean seconds per meta-iteration of each learner, split into sampling and optimisation
     (wall clock, and CPU seconds of the training process where recorded)."""
-    from mamlkit.engine.metrics import read_metrics
     records = read_metrics(run_dir)
     out = {}
     for learner in SELECTIONS:

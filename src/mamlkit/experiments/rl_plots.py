@@ -12,7 +12,7 @@ from mamlkit.engine.files import save_figure, writing  # noqa: E402
 from mamlkit.engine.metrics import read_metrics  # noqa: E402
 
 COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray", "oracle": "tab:green"}
-MARKERS = {"own": "s", "last": "x"}  # the pretrained baseline's other selections: same colour, other marker
+STYLES = {"own": ("s", ":"), "last": ("x", "--")}  # the pretrained baseline's other selections: same colour
 
 
 def plot_learning_curve(run_dir: Path, path: Path) -> None:
@@ -42,7 +42,8 @@ def plot_returns_vs_steps(results: dict, env: str, path: Path) -> None:
     for name, row in results.items():
         steps = range(len(row["return"]))
         learner, _, selection = name.partition("-")
-        axis.errorbar(steps, row["return"], yerr=row["ci95"], marker=MARKERS.get(selection, "o"), ms=4, capsize=3,
+        marker, line = STYLES.get(selection, ("o", "-"))
+        axis.errorbar(steps, row["return"], yerr=row["ci95"], marker=marker, ls=line, ms=4, capsize=3,
                       color=COLORS[learner], label=name)
     axis.set_xticks(list(steps))
     axis.set_xlabel("number of gradient steps")
