@@ -251,7 +251,8 @@ def classification_tasks(tasks=3, ways=3, shots=2, queries=2, features=3, seed=2
 
 def reference_protomaml_loss(model, body_params, batch, lr, steps, first_order):
     """Per task: prototypes by a loop over classes, head = (2c, −‖c‖²), then SGD on (body, head)
-    as independent variables (the head's start is a function of θ, its inner gradient is not)."""
+    as independent variables (the head's start is a function of θ, its inner gradient is not).
+    ``lr``: a number, or ``lr(step)`` -> one rate per tensor of (body, head weight, head bias)."""
     sx, sy, qx, qy = batch
     names = list(body_params)
     ways = model.head.out_features
@@ -266,10 +267,11 @@ def reference_protomaml_loss(model, body_params, batch, lr, steps, first_order):
         c = torch.stack([z[sy[t] == k].mean(0) for k in range(ways)])
         start = [*body_params.values(), 2 * c, -(c * c).sum(1)]
         fast = [w.view_as(w) for w in start]  # new nodes: the inner gradient is the partial derivative
-        for _ in range(steps):
+        for step in range(steps):
             support = F.cross_entropy(logits(fast[:-2], fast[-2], fast[-1], sx[t]), sy[t])
             grads = torch.autograd.grad(support, fast, create_graph=not first_order)
-            fast = [w - lr * g for w, g in zip(fast, grads)]
+            rates = lr(step) if callable(lr) else [lr] * len(fast)
+            fast = [w - r * g for w, r, g in zip(fast, rates, grads)]
         total = total + F.cross_entropy(logits(fast[:-2], fast[-2], fast[-1], qx[t]), qy[t])
     return total / sx.shape[0]
 
@@ -312,6 +314,49 @@ def test_protomaml_second_order_matches_finite_differences_and_differs_from_firs
         analytic = (second * torch.cat([d.flatten() for d in direction.values()])).sum().item()
         assert abs(numeric - analytic) < 1e-6 * max(1.0, abs(analytic))
     assert rel(protomaml_grad(model, batch, True, "vmap"), second) > 1e-3
+
+
+@pytest.mark.parametrize("options", [
+    {"learn_lr": "metasgd"}, {"learn_lr": "lslr", "first_order": True}, {"checkpoint_inner": True, "batching": "loop"},
+    {"compile": True, "batching": "vmap"}, {"adapt_only": "body.2.*"},
+])
+def test_protomaml_takes_mamls_options_exactly(options):
+    """Learned rates (the head's too), checkpointing, compile and ANIL-style selection against the reference."""
+    torch.manual_seed(0)
+    model, batch = Net(), classification_tasks()
+    protomaml = ProtoMAML(model, F.cross_entropy, 0.5, 2, **options)
+    rates = list(protomaml.inner_lrs.values())
+    with torch.no_grad():  # rates apart from their common start, so a rate used for the wrong tensor shows
+        for rate in rates:
+            rate.uniform_(0.2, 0.8)
+    protomaml.meta_backward(*batch)
+    prefix = options.get("adapt_only", "body.*")[:-1]
+    adapted = {n: p for n, p in model.body.named_parameters() if f"body.{n}".startswith(prefix)}
+    lslr = options.get("learn_lr") == "lslr"
+    lr = (lambda step: [r[step] if lslr else r for r in rates]) if rates else 0.5
+    meta = [*model.body.parameters(), *rates]
+    reference = reference_protomaml_loss(model, adapted, batch, lr, 2, options.get("first_order", False))
+    expected = torch.autograd.grad(reference, meta)
+    assert len(rates) == (len(adapted) + 2 if "learn_lr" in options else 0)
+    assert rel(torch.cat([p.grad.flatten() for p in meta]), torch.cat([g.flatten() for g in expected])) < 1e-10
+
+
+@pytest.mark.parametrize("variant", [Reptile, IMAML])
+@pytest.mark.parametrize("option", [{"learn_lr": "metasgd"}, {"compile": True}, {"checkpoint_inner": True}])
+def test_reptile_and_imaml_refuse_the_options_of_a_gradient_through_the_loop(variant, option):
+    with pytest.raises(MamlkitError, match=f"{variant.__name__} does not take {next(iter(option))}=") as error:
+        variant(tanh_mlp(), F.mse_loss, 0.1, 2, **option)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("variant", [Reptile, IMAML])
+def test_reptile_and_imaml_back_propagate_in_chunks_of_tasks(variant):
+    grads = []
+    for chunk in (None, 2):  # 3 tasks: a chunk of 2, then 1
+        model = tanh_mlp()
+        variant(model, F.mse_loss, 0.1, 3, meta_batch_chunk=chunk, first_order=True).meta_backward(*regression_tasks())
+        grads.append(flat_grad(model))
+    assert rel(grads[1], grads[0]) < 1e-12
 
 
 def test_protomaml_starts_as_the_prototype_classifier():

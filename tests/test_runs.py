@@ -139,8 +139,8 @@ def test_options_the_experiment_refuses_leave_the_folder_as_it_was(tmp_path, cap
     empty.mkdir()
     for folder in (tmp_path / "new", empty):
         capsys.readouterr()
-        assert main([*TRAIN, "--algo", "reptile", "--first-order", "--out", str(folder)]) == 1
-        assert "bad options for algorithm 'reptile'" in capsys.readouterr().err.strip().splitlines()[-1]
+        assert main([*TRAIN, "--algo", "reptile", "--compile", "on", "--out", str(folder)]) == 1
+        assert "Reptile does not take compile=True" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "new").exists() and list(empty.iterdir()) == []
     assert main([*TRAIN, "--algo", "reptile", "--out", str(empty)]) == 0
 

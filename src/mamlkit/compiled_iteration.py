@@ -51,7 +51,7 @@ class CompiledMetaLearner(MetaLearner):
 
     def step(self, batch) -> dict[str, float]:
         batch = tuple(batch[:4])
-        self.maml._check_batch(batch)
+        self.maml._check_batch(*batch)
         first_order, step_weights = self.maml.training_options()
         if first_order not in self._compiled:
             self._compiled[first_order] = torch.compile(partial(self._iteration, first_order=first_order),

@@ -4,13 +4,14 @@ Everything here takes parameters explicitly, so the same code runs for one task,
 over a meta-batch, and under ``torch.compile``. Second order and first order differ only in
 whether the inner gradient stays in the graph.
 
-The variants are arguments of the same loop: a learning rate may be a number, a per-parameter
-mapping (Meta-SGD) or a function of the step (MAML++'s per-step rates); ``forward_at`` gives the
-forward for the parameters after a given number of steps (per-step BatchNorm); ``step_weights``
+The variants are fields of ``InnerLoop`` and arguments of the same loop: a learning rate may be a
+number, a per-parameter mapping (Meta-SGD) or a function of the step (MAML++'s per-step rates);
+``at(s)`` gives the forward for the parameters after s steps (per-step BatchNorm); ``step_weights``
 turns the query loss into MAML++'s weighted multi-step loss; ``checkpoint`` recomputes each inner
 step in the backward pass instead of storing its graph.
 """
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -21,7 +22,15 @@ Params = dict[str, Tensor]
 Forward = Callable[[Params, Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Gradient = Callable[[Callable[[Params], Tensor], Params, bool], Params]
-ForwardAt = Callable[[int], Forward]
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """What one task's inner loop needs, fixed for one call."""
+    at: Callable[[int], Forward]  # the forward for the parameters after s inner steps
+    loss_fn: LossFn
+    lr: object  # a number, a per-parameter mapping or a function of the step (``rate_at``)
+    checkpoint: bool = False
 
 
 def func_gradient(loss_of: Callable[[Params], Tensor], params: Params, create_graph: bool) -> Params:
@@ -50,9 +59,7 @@ def rate_at(lr, step: int):
 
 def sgd_step(params: Params, grads: Params, lr: float | Mapping[str, Tensor]) -> Params:
     """θ' = θ − α∇θ, with α a number or a per-parameter mapping (Meta-SGD style)."""
-    if isinstance(lr, Mapping):
-        return {name: p - lr[name] * grads[name] for name, p in params.items()}
-    return {name: p - lr * grads[name] for name, p in params.items()}
+    return {name: p - (lr[name] if isinstance(lr, Mapping) else lr) * grads[name] for name, p in params.items()}
 
 
 def inner_step(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr,
@@ -78,27 +85,15 @@ def checkpointed_inner_step(forward: Forward, loss_fn: LossFn, params: Params, x
     return dict(zip(names, torch.utils.checkpoint.checkpoint(step, *params.values(), use_reentrant=False)))
 
 
-def trajectory(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr, steps: int,
-               first_order: bool, gradient: Gradient = func_gradient, *, forward_at: ForwardAt | None = None,
-               checkpoint: bool = False) -> Iterator[Params]:
-    """θ_0, θ_1, ..., θ_steps: the parameters before and after each inner step on (x, y).
-
-    Step s runs the forward ``forward_at(s)`` (default ``forward``) with rate ``rate_at(lr, s)``.
-    """
-    step_fn = checkpointed_inner_step if checkpoint and torch.is_grad_enabled() else inner_step
+def trajectory(loop: InnerLoop, params: Params, x: Tensor, y: Tensor, steps: int, first_order: bool,
+               gradient: Gradient = func_gradient) -> Iterator[Params]:
+    """θ_0, θ_1, ..., θ_steps: the parameters before and after each inner step on (x, y); step s
+    runs the forward ``loop.at(s)`` with rate ``rate_at(loop.lr, s)``."""
+    step_fn = checkpointed_inner_step if loop.checkpoint and torch.is_grad_enabled() else inner_step
     yield params
     for s in range(steps):
-        params = step_fn(forward_at(s) if forward_at else forward, loss_fn, params, x, y, rate_at(lr, s),
-                         first_order, gradient)
+        params = step_fn(loop.at(s), loop.loss_fn, params, x, y, rate_at(loop.lr, s), first_order, gradient)
         yield params
-
-
-def adapt(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr,
-          steps: int, first_order: bool, gradient: Gradient = func_gradient, *,
-          forward_at: ForwardAt | None = None, checkpoint: bool = False) -> Params:
-    """Run ``steps`` gradient-descent steps on one task's support set; return adapted parameters."""
-    return last(trajectory(forward, loss_fn, params, x, y, lr, steps, first_order, gradient,
-                           forward_at=forward_at, checkpoint=checkpoint))
 
 
 def last(items: Iterator):
@@ -108,25 +103,25 @@ def last(items: Iterator):
     return item
 
 
-def query_loss(at: ForwardAt, loss_fn: LossFn, path: Iterator[Params], query_x: Tensor, query_y: Tensor,
+def query_loss(loop: InnerLoop, path: Iterator[Params], query_x: Tensor, query_y: Tensor,
                step_weights: Tensor | None = None) -> Tensor:
     """One task's contribution to the meta-objective: the query loss at the end of ``path``
-    (θ_0, θ_1, ..., from ``trajectory``), run with the forward ``at(s)`` of its step s.
+    (θ_0, θ_1, ..., from ``trajectory``), run with the forward ``loop.at(s)`` of its step s.
 
     With ``step_weights`` ([steps]) it is MAML++'s multi-step loss Σ_s w[s-1] L_query(θ_s), s = 1..steps.
     """
     if step_weights is None:
         s, params = last(enumerate(path))
-        return loss_fn(at(s)(params, query_x), query_y)
-    losses = [loss_fn(at(s)(p, query_x), query_y) for s, p in enumerate(path) if s > 0]
+        return loop.loss_fn(loop.at(s)(params, query_x), query_y)
+    losses = [loop.loss_fn(loop.at(s)(p, query_x), query_y) for s, p in enumerate(path) if s > 0]
     return (torch.stack(losses) * step_weights).sum()
 
 
-def adaptation_curve(at: ForwardAt, metrics: Mapping[str, LossFn], path: Iterator[Params], query_x: Tensor,
+def adaptation_curve(loop: InnerLoop, metrics: Mapping[str, LossFn], path: Iterator[Params], query_x: Tensor,
                      query_y: Tensor) -> Tensor:
     """Query metrics at every point of ``path`` (θ_0 .. θ_steps): ``[steps + 1, len(metrics)]``."""
     rows = []
     for s, params in enumerate(path):
-        prediction = at(s)(params, query_x)
+        prediction = loop.at(s)(params, query_x)
         rows.append(torch.stack([metric(prediction, query_y) for metric in metrics.values()]))
     return torch.stack(rows)

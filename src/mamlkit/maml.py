@@ -16,7 +16,7 @@ from mamlkit.mapping import TaskMapping
 from mamlkit.models.per_step_bn import PerStepBatchNorm
 from mamlkit.rates import LearnedRates
 from mamlkit.selection import ParameterSelection
-from mamlkit.strategies import InnerLoop, Strategy
+from mamlkit.strategies import Strategy
 
 RATE_PREFIX = "inner_lr."  # learned rates in named_parameters() / state_dict(): "inner_lr.<parameter name>"
 # (attribute prefix, public prefix) of state_dict keys and parameter names: the model's own keys stay
@@ -33,17 +33,11 @@ def _rename(key: str, prefix: str, pairs) -> str:
     return key
 
 
-def _rename_keys(state: dict, prefix: str, pairs) -> None:
+def _rename_keys(module, state: dict, prefix: str, *hook_args, pairs) -> None:
+    """The state_dict hook (``pairs=PUBLIC``) and load_state_dict pre-hook (``INTERNAL``); a partial
+    of a module-level function, so a whole MAML pickles."""
     for key in [k for k in state if k.startswith(prefix)]:
         state[_rename(key, prefix, pairs)] = state.pop(key)
-
-
-def _public_keys(module, state: dict, prefix: str, local_metadata) -> None:  # state_dict hook (picklable)
-    _rename_keys(state, prefix, PUBLIC)
-
-
-def _internal_keys(module, state: dict, prefix: str, *args) -> None:  # load_state_dict pre-hook
-    _rename_keys(state, prefix, INTERNAL)
 
 
 class MAML(nn.Module):
@@ -84,7 +78,11 @@ class MAML(nn.Module):
             ``MamlkitError`` (one device sync per call; ``False`` skips the checks). The meta-loss is
             returned as it is: the training loop reports a diverged loss with its iteration.
         strategy: how the meta-gradient is formed (the algorithm families pass theirs).
+
+    A family refuses, in ``does_not_take``, the options that do not apply to it, each with the reason.
     """
+
+    does_not_take: dict[str, str] = {}
 
     def __init__(self, model: nn.Module, loss_fn, inner_lr: float, inner_steps: int = 1, *,
                  eval_inner_steps: int | None = None, first_order: bool = False, batching: str = "auto",
@@ -94,6 +92,10 @@ class MAML(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise MamlkitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        for option, value in (("learn_lr", learn_lr), ("compile", compile), ("checkpoint_inner", checkpoint_inner)):
+            if value and option in self.does_not_take:
+                raise MamlkitError(f"{type(self).__name__} does not take {option}={value!r}: "
+                                   f"{self.does_not_take[option]}")
         if compile and (batching == "loop" or checkpoint_inner):
             raise MamlkitError("compile=True needs the vmap path; use batching='auto' or 'vmap' and "
                                "checkpoint_inner=False")
@@ -107,12 +109,14 @@ class MAML(nn.Module):
         self.strategy = strategy or Strategy()
         self.mapping = TaskMapping(batching, self.checkpoint_inner, meta_batch_chunk)
         self.selection = ParameterSelection(model, adapt_only, self.strategy.excluded)
-        self.rates = LearnedRates(learn_lr, self.parameters_to_adapt(), self.inner_lr, self.inner_steps)
+        stepped = {**self.parameters_to_adapt(), **{n: p for n, p in model.named_parameters()
+                                                    if n in self.strategy.excluded}}  # ProtoMAML's head steps too
+        self.rates = LearnedRates(learn_lr, stepped, self.inner_lr, self.inner_steps)
         self._step_buffers = [f"{name}.step" if name else "step" for name, m in model.named_modules()
                               if isinstance(m, PerStepBatchNorm)]
         self._checked_dtypes = set()
-        self.register_state_dict_post_hook(_public_keys)
-        self.register_load_state_dict_pre_hook(_internal_keys)
+        self.register_state_dict_post_hook(partial(_rename_keys, pairs=PUBLIC))
+        self.register_load_state_dict_pre_hook(partial(_rename_keys, pairs=INTERNAL))
         if self.checkpoint_inner and batching == "auto":
             warnings.warn("mamlkit: checkpoint_inner=True: torch.utils.checkpoint does not compose with vmap in "
                           "torch 2.13, so tasks run in a Python loop", stacklevel=2)
@@ -163,9 +167,9 @@ class MAML(nn.Module):
             constants = {**constants, **dict.fromkeys(self._step_buffers, index)}
         return functional_call(self.model, (params, constants), (x,))
 
-    def inner_loop(self, constants: fn.Params, rates: Mapping[str, Tensor] | None = None) -> InnerLoop:
+    def inner_loop(self, constants: fn.Params, rates: Mapping[str, Tensor] | None = None) -> fn.InnerLoop:
         """The inner loop's forward, loss and rate; ``rates`` replace the learned ones (compile, evaluate)."""
-        return InnerLoop(at=lambda step: partial(self._forward, constants, step=step), loss_fn=self.loss_fn,
+        return fn.InnerLoop(at=lambda step: partial(self._forward, constants, step=step), loss_fn=self.loss_fn,
                          lr=self.rates.schedule(rates), checkpoint=self.checkpoint_inner)
 
     def map_tasks(self, per_task, tensors: tuple[Tensor, ...], chunk_size: int | None = None) -> Tensor:
@@ -175,10 +179,14 @@ class MAML(nn.Module):
         """A parameter whose dtype and device the task data must match."""
         return next(iter(self.model.parameters()))
 
-    def _check_batch(self, batch: tuple[Tensor, ...]) -> None:
+    def _check_batch(self, *batch: Tensor) -> tuple[Tensor, ...]:
         check_task_batch(batch, self._reference(), self.check_finite)
         self._check_dtypes(batch[0][0], batch[1][0])
         self.strategy.check_labels(batch[1], batch[3])
+        return batch
+
+    def _steps(self, steps: int | None) -> int:
+        return self.eval_inner_steps if steps is None else check_steps(steps, "steps")
 
     def _check_dtypes(self, x: Tensor, y: Tensor) -> None:
         """Before a path is chosen: a model that cannot take these dtypes is a one-line error."""
@@ -199,8 +207,7 @@ class MAML(nn.Module):
 
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Mean post-adaptation query loss over the meta-batch (tensors ``[T, n, ...]``)."""
-        batch = (support_x, support_y, query_x, query_y)
-        self._check_batch(batch)
+        batch = self._check_batch(support_x, support_y, query_x, query_y)
         self.rates.project()
         return self.strategy.meta_loss(self, batch)
 
@@ -210,29 +217,20 @@ class MAML(nn.Module):
         For differentiable families the same gradient as ``meta_loss(...).backward()`` (``compile=True``:
         through a compiled ``torch.func.grad_and_value``; ``checkpoint_inner=True``: task by task).
         """
-        batch = (support_x, support_y, query_x, query_y)
-        self._check_batch(batch)
+        batch = self._check_batch(support_x, support_y, query_x, query_y)
         self.rates.project()
         return self.strategy.meta_backward(self, batch)
 
     # -- adaptation and evaluation ----------------------------------------------------------
-    def _path(self, loop: InnerLoop, params: fn.Params, constants: fn.Params, x: Tensor, y: Tensor, steps: int,
-              gradient: fn.Gradient, first_order: bool):
-        """One task's inner loop θ_0 .. θ_steps on (x, y), as the strategy runs it."""
-        start = self.strategy.start(self, params, constants, x, y)
-        return self.strategy.path(loop, start, params, x, y, steps, gradient, first_order)
-
     def adapt(self, x: Tensor, y: Tensor, steps: int | None = None) -> fn.Params:
         """Adapted parameters for one task (``x [n, ...]``) after ``steps`` (default ``eval_inner_steps``)
         inner steps, differentiable unless first order."""
         check_task(x, y, self._reference(), self.check_finite)
         self._check_dtypes(x, y)
         self.strategy.check_labels(y)
-        steps = self.eval_inner_steps if steps is None else check_steps(steps, "steps")
-        constants = self.selection.constants()
         gradient = fn.func_gradient if self.mapping.uses_vmap(self.model) else fn.autograd_gradient
-        adapted = fn.last(self._path(self.inner_loop(constants), self.parameters_to_adapt(), constants, x, y, steps,
-                                     gradient, self.first_order))
+        adapted = fn.last(self.strategy.path(self.inner_loop(self.selection.constants()), self.parameters_to_adapt(),
+                                             x, y, self._steps(steps), gradient, self.first_order))
         return self._finite(adapted, "the adapted parameters")
 
     def predict(self, x: Tensor, params: Mapping[str, Tensor] | None = None, step: int | None = None) -> Tensor:
@@ -257,17 +255,14 @@ class MAML(nn.Module):
         ``metrics`` maps names to ``metric(prediction, target) -> scalar`` (default: the loss).
         Tasks run in chunks of ``chunk_size`` to bound memory.
         """
-        batch = (support_x, support_y, query_x, query_y)
-        self._check_batch(batch)
-        steps = self.eval_inner_steps if steps is None else check_steps(steps, "steps")
+        batch, steps = self._check_batch(support_x, support_y, query_x, query_y), self._steps(steps)
         metrics = dict(metrics or {"loss": self.loss_fn})
-        constants = self.selection.constants()
-        loop = self.inner_loop(constants, {n: r.detach() for n, r in self.inner_lrs.items()})
+        loop = self.inner_loop(self.selection.constants(), {n: r.detach() for n, r in self.inner_lrs.items()})
         params = {name: p.detach() for name, p in self.parameters_to_adapt().items()}
 
         def per_task(gradient, sx, sy, qx, qy):
-            path = self._path(loop, params, constants, sx, sy, steps, gradient, first_order=True)
-            return fn.adaptation_curve(loop.at, metrics, path, qx, qy)
+            path = self.strategy.path(loop, params, sx, sy, steps, gradient, first_order=True)
+            return fn.adaptation_curve(loop, metrics, path, qx, qy)
 
         curves = self._finite(self.map_tasks(per_task, batch, chunk_size), "the evaluation metrics")
         return {name: curves[:, :, j] for j, name in enumerate(metrics)}

@@ -1,14 +1,13 @@
 """How a family forms the meta-gradient, over the pure inner loop of functional.py.
 
-A strategy says where a task's inner loop starts (θ, or θ plus a prototype head), which path it
-takes (plain gradient steps, or steps on a proximal problem) and how ``meta_backward`` turns the
-tasks into ``.grad`` (autograd through the unrolled loop, θ − φ, an implicit solve). ``MAML`` owns
-everything else: parameters, rates, task mapping, checks, ``adapt``/``predict``/``evaluate``.
+A strategy says which path a task's inner loop takes (gradient steps from θ, or from θ plus a
+prototype head, or steps on a proximal problem) and how ``meta_backward`` turns the tasks into
+``.grad`` (autograd through the unrolled loop, θ − φ, an implicit solve). ``MAML`` owns everything
+else: parameters, rates, task mapping, checks, ``adapt``/``predict``/``evaluate``.
 """
 
-from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -18,14 +17,12 @@ from mamlkit.chunked import backward_in_chunks
 from mamlkit.errors import MamlkitError
 from mamlkit.mapping import vmap_tasks
 
-
-@dataclass(frozen=True)
-class InnerLoop:
-    """What one task's inner loop needs, fixed for one call."""
-    at: Callable[[int], fn.Forward]  # the forward for the parameters after s inner steps
-    loss_fn: fn.LossFn
-    lr: object  # a number, a per-parameter mapping or a function of the step (functional.py)
-    checkpoint: bool = False
+# MAML's options that mean nothing to a family whose update is not autograd through the inner loop
+NOT_A_GRADIENT = {
+    "learn_lr": "its update is not a gradient through the inner loop, so learned rates would get none",
+    "compile": "compile=True compiles the gradient of the meta-loss, and its update is not one",
+    "checkpoint_inner": "it keeps no graph of the inner loop, so there is nothing to checkpoint",
+}
 
 
 def accumulate_grad(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
@@ -34,20 +31,6 @@ def accumulate_grad(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) 
     for name, p in tensors.items():
         g = grads[name].detach()
         p.grad = g.clone() if p.grad is None else p.grad + g
-
-
-def mean_over_tasks(maml, per_task, tensors: tuple[Tensor, ...], like: fn.Params) -> tuple[fn.Params, Tensor]:
-    """``per_task(gradient, *task) -> (dict like like, scalar)`` for every task; the task means. The
-    task mapping maps functions returning one tensor, so both travel as one flat vector."""
-    names = list(like)
-
-    def flat_task(gradient, *task):
-        result, scalar = per_task(gradient, *task)
-        return torch.cat([result[n].reshape(-1) for n in names] + [scalar.reshape(1)])
-
-    flat = maml.map_tasks(flat_task, tensors).mean(dim=0)
-    pieces = flat[:-1].split([like[n].numel() for n in names])
-    return {n: piece.view_as(like[n]) for n, piece in zip(names, pieces)}, flat[-1]
 
 
 class Strategy:
@@ -63,15 +46,14 @@ class Strategy:
     def check_labels(self, *labels: Tensor) -> None:
         """Refuse targets the strategy cannot use (ProtoMAML: class labels)."""
 
-    def start(self, maml, params: fn.Params, constants: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
+    def start(self, loop: fn.InnerLoop, params: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
         """Where a task's inner loop starts: θ."""
         return params
 
-    def path(self, loop: InnerLoop, start: fn.Params, theta: fn.Params, x: Tensor, y: Tensor, steps: int,
-             gradient: fn.Gradient, first_order: bool) -> Iterator[fn.Params]:
-        """θ_0 .. θ_steps of a task's inner loop on (x, y) from ``start``."""
-        return fn.trajectory(loop.at(0), loop.loss_fn, start, x, y, loop.lr, steps, first_order, gradient,
-                             forward_at=loop.at, checkpoint=loop.checkpoint)
+    def path(self, loop: fn.InnerLoop, theta: fn.Params, x: Tensor, y: Tensor, steps: int, gradient: fn.Gradient,
+             first_order: bool) -> Iterator[fn.Params]:
+        """θ_0 .. θ_steps of a task's inner loop on (x, y), from ``start``."""
+        return fn.trajectory(loop, self.start(loop, theta, x, y), x, y, steps, first_order, gradient)
 
     def objective(self, maml, params: fn.Params, constants: fn.Params, batch: tuple[Tensor, ...], *, map_tasks,
                   rates, first_order: bool, step_weights: Tensor | None) -> Tensor:
@@ -79,9 +61,8 @@ class Strategy:
         loop = maml.inner_loop(constants, rates)
 
         def per_task(gradient, sx, sy, qx, qy):
-            path = self.path(loop, self.start(maml, params, constants, sx, sy), params, sx, sy, maml.inner_steps,
-                             gradient, first_order)
-            return fn.query_loss(loop.at, maml.loss_fn, path, qx, qy, step_weights)
+            path = self.path(loop, params, sx, sy, maml.inner_steps, gradient, first_order)
+            return fn.query_loss(loop, path, qx, qy, step_weights)
 
         return map_tasks(per_task, batch).mean()
 
@@ -130,10 +111,26 @@ class Strategy:
 
 
 class NotALoss(Strategy):
-    """A family whose update is not the gradient of a loss graph (Reptile, iMAML)."""
-
-    name = "this algorithm"
+    """A family whose update is not the gradient of a loss graph (Reptile, iMAML): its
+    ``task_update(maml, loop, θ, gradient, *task)`` gives each task's direction for θ and query loss,
+    and ``meta_backward`` adds their mean into ``.grad``. Its variants refuse ``NOT_A_GRADIENT``."""
 
     def meta_loss(self, maml, batch):
-        raise MamlkitError(f"{self.name}'s update is not the gradient of a loss; call meta_backward(...) and then "
-                           f"optimizer.step()")
+        raise MamlkitError(f"{type(maml).__name__}'s update is not the gradient of a loss; call meta_backward(...) "
+                           f"and then optimizer.step()")
+
+    @torch.no_grad()
+    def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
+        """The task mapping maps functions returning one tensor, so a task's direction and loss travel
+        as one flat vector; ``meta_batch_chunk`` tasks at a time bound the memory."""
+        theta = {name: p.detach() for name, p in maml.parameters_to_adapt().items()}
+        loop = maml.inner_loop(maml.selection.constants())
+
+        def flat_task(gradient, *task):
+            direction, loss = self.task_update(maml, loop, theta, gradient, *task)
+            return torch.cat([direction[n].reshape(-1) for n in theta] + [loss.reshape(1)])
+
+        flat = maml.map_tasks(flat_task, batch, maml.mapping.meta_batch_chunk).mean(dim=0)
+        pieces = flat[:-1].split([p.numel() for p in theta.values()])
+        accumulate_grad(maml.parameters_to_adapt(), {n: g.view_as(theta[n]) for n, g in zip(theta, pieces)})
+        return flat[-1]

@@ -1,7 +1,8 @@
 """The MAML family by name: ``build_algorithm("metasgd", model, loss_fn, inner_lr=0.01)``.
 
 Each entry is a factory ``(model, loss_fn, **options) -> MAML`` (or a subclass), so the CLI and
-benchmarks pick a variant with a string; the options are the constructor's keyword arguments.
+benchmarks pick a variant with a string; the options are MAML's keyword arguments plus the variant's
+own, less those that do not apply to it (its ``does_not_take``, refused with the reason).
 """
 
 import ast
@@ -33,12 +34,10 @@ AlgorithmName = Literal[tuple(ALGORITHMS)]  # for config fields: the CLI lists a
 
 
 def accepts(name: str, option: str) -> bool:
-    """Whether the algorithm ``name`` takes the keyword ``option`` (directly or passed on to MAML)."""
-    parameters = inspect.signature(ALGORITHMS[name]).parameters
-    if option in parameters:
-        return True
-    forwards = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    return forwards and option in inspect.signature(MAML).parameters
+    """Whether the algorithm ``name`` takes the keyword ``option`` (its own, or one of MAML's that applies)."""
+    factory = ALGORITHMS[name]
+    known = option in inspect.signature(factory).parameters or option in inspect.signature(MAML).parameters
+    return known and option not in getattr(factory, "does_not_take", {})
 
 
 def parse_options(pairs: Sequence[str]) -> dict:
@@ -60,17 +59,11 @@ def build_algorithm(name: str, model: nn.Module, loss_fn, **options) -> MAML:
     """The meta-learner ``name`` (a key of ``ALGORITHMS``) around ``model``."""
     if name not in ALGORITHMS:
         raise MamlkitError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
-    factory = ALGORITHMS[name]
-    signature = inspect.signature(factory)
-    forwards = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())  # **options go to MAML
-    try:
-        signature.bind(model, loss_fn, **options)
-        if forwards:
-            inspect.signature(MAML).bind_partial(model, loss_fn, **{k: v for k, v in options.items()
-                                                                    if k not in signature.parameters})
-    except TypeError as error:
-        raise MamlkitError(f"bad options for algorithm {name!r} ({error}); see docs/algorithms.md") from None
-    return factory(model, loss_fn, **options)
+    unknown = set(options) - {*inspect.signature(ALGORITHMS[name]).parameters, *inspect.signature(MAML).parameters}
+    if unknown:
+        raise MamlkitError(f"bad options for algorithm {name!r}: it has no option {', '.join(sorted(unknown))}; "
+                           f"see docs/algorithms.md")
+    return ALGORITHMS[name](model, loss_fn, **options)
 
 
 def from_settings(name: str, model: nn.Module, loss_fn, options: Sequence[str] = (), **settings) -> MAML:

@@ -8,7 +8,7 @@ products, never forming H. The result is exact when the inner problem is solved 
 """
 
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -18,7 +18,7 @@ from mamlkit.checks import check_count, check_learning_rate
 from mamlkit.errors import MamlkitError
 from mamlkit.linalg import conjugate_gradient, dot
 from mamlkit.maml import MAML
-from mamlkit.strategies import InnerLoop, NotALoss, accumulate_grad, mean_over_tasks
+from mamlkit.strategies import NOT_A_GRADIENT, NotALoss
 
 SUFFICIENT_DECREASE = 1e-4  # Armijo's constant (Nocedal & Wright 3.1): a constant of 1/2 refused Omniglot's α = 0.1
 
@@ -47,8 +47,6 @@ def hessian_vector_product(loss_of: Callable[[fn.Params], Tensor], params: fn.Pa
 class Implicit(NotALoss):
     """Proximal inner loop; meta-gradient mean_i (I + H_i/λ)⁻¹ ∇L_query_i(φ_i) by conjugate gradient."""
 
-    name = "iMAML"
-
     def __init__(self, lam: float, cg_steps: int, cg_tol: float):
         super().__init__()
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam <= 0:
@@ -56,9 +54,9 @@ class Implicit(NotALoss):
         self.lam, self.cg_steps = float(lam), check_count(cg_steps, "cg_steps")
         self.cg_tol = check_learning_rate(cg_tol, "cg_tol")
 
-    def path(self, loop: InnerLoop, start: fn.Params, theta: fn.Params, x: Tensor, y: Tensor, steps: int,
-             gradient: fn.Gradient, first_order: bool) -> Iterator[fn.Params]:
-        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = ``start``, without a graph, safeguarded.
+    def path(self, loop: fn.InnerLoop, theta: fn.Params, x: Tensor, y: Tensor, steps: int, gradient: fn.Gradient,
+             first_order: bool) -> Iterator[fn.Params]:
+        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = θ, without a graph, safeguarded.
 
         A step of size α is taken only if it decreases F by at least 1e-4 α ‖∇F‖² (Armijo's
         sufficient decrease with its usual constant: about every α below 2/curvature passes; up to rounding,
@@ -69,8 +67,7 @@ class Implicit(NotALoss):
         inner problem, whatever the path). The test and the halving are masks, so tasks keep their
         own α under vmap.
         """
-        theta = {n: p.detach() for n, p in theta.items()}
-        phi = {n: p.detach() for n, p in start.items()}
+        theta = phi = {n: p.detach() for n, p in theta.items()}
 
         def objective(params, s):
             distance = {n: params[n] - theta[n] for n in params}
@@ -94,34 +91,24 @@ class Implicit(NotALoss):
             scale = torch.where(accept, scale, scale / 2)
             yield phi
 
-    @torch.no_grad()
-    def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
-        theta = {name: p.detach() for name, p in maml.parameters_to_adapt().items()}
-        loop = maml.inner_loop(maml.selection.constants())
+    def task_update(self, maml, loop: fn.InnerLoop, theta: fn.Params, gradient: fn.Gradient, sx, sy, qx, qy):
+        """(I + H/λ)⁻¹ ∇L_query(φ) by conjugate gradient, and L_query(φ)."""
+        phi = fn.last(self.path(loop, theta, sx, sy, maml.inner_steps, gradient, True))
         forward = loop.at(maml.inner_steps)
+        query_grad = gradient(lambda p: maml.loss_fn(forward(p, qx), qy), phi, False)
+        hvp = hessian_vector_product(lambda p: maml.loss_fn(forward(p, sx), sy), phi, gradient)
 
-        def per_task(gradient, sx, sy, qx, qy):
-            phi = fn.last(self.path(loop, theta, theta, sx, sy, maml.inner_steps, gradient, True))
-            query_grad = gradient(lambda p: maml.loss_fn(forward(p, qx), qy), phi, False)
-            hvp = hessian_vector_product(lambda p: maml.loss_fn(forward(p, sx), sy), phi, gradient)
+        def matvec(v):  # (I + H/λ) v
+            hv = hvp(v)
+            return {n: v[n] + hv[n] / self.lam for n in v}
 
-            def matvec(v):  # (I + H/λ) v
-                hv = hvp(v)
-                return {n: v[n] + hv[n] / self.lam for n in v}
-
-            meta_grad = conjugate_gradient(matvec, query_grad, self.cg_steps, self.cg_tol)
-            return meta_grad, maml.loss_fn(forward(phi, qx), qy)
-
-        grads, loss = mean_over_tasks(maml, per_task, batch, theta)
-        accumulate_grad(maml.parameters_to_adapt(), grads)
-        return loss
+        return conjugate_gradient(matvec, query_grad, self.cg_steps, self.cg_tol), maml.loss_fn(forward(phi, qx), qy)
 
 
 class IMAML(MAML):
     """iMAML around an unmodified ``nn.Module``; ``adapt``/``evaluate`` use the same proximal inner loop.
 
-    Args:
-        model, loss_fn, eval_inner_steps, batching, adapt_only, check_finite: as for :class:`mamlkit.MAML`.
+    Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s; it is first order by construction):
         inner_lr, inner_steps: gradient-descent step size and steps on the proximal inner problem;
             enough of them to (nearly) solve it, since the implicit gradient assumes a minimum.
         lam: λ > 0, the proximal strength: larger keeps φ closer to θ.
@@ -129,9 +116,9 @@ class IMAML(MAML):
         cg_tol: stop CG once the residual is below ``cg_tol`` times the query gradient's norm.
     """
 
+    does_not_take = NOT_A_GRADIENT
+
     def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 10, *, lam: float = 1.0,
-                 cg_steps: int = 5, cg_tol: float = 1e-10, eval_inner_steps: int | None = None,
-                 batching: str = "auto", adapt_only: str | Sequence[str] | None = None, check_finite: bool = True):
-        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps, first_order=True,
-                         batching=batching, adapt_only=adapt_only, check_finite=check_finite,
-                         strategy=Implicit(lam, cg_steps, cg_tol))
+                 cg_steps: int = 5, cg_tol: float = 1e-10, **options):
+        super().__init__(model, loss_fn, inner_lr, inner_steps, strategy=Implicit(lam, cg_steps, cg_tol),
+                         **{"first_order": True, **options})

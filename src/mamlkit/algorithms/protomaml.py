@@ -58,7 +58,7 @@ class PrototypeHead(Strategy):
         prefix = f"{self.head_name}." if self.head_name else ""
         self.excluded = (prefix + "weight", prefix + "bias")
 
-    def _embed(self, maml, constants: fn.Params, params: fn.Params, x: Tensor) -> Tensor:
+    def _embed(self, loop: fn.InnerLoop, params: fn.Params, x: Tensor) -> Tensor:
         """The head's input for ``x``, by running the model with a hook on the head."""
         seen = {}
 
@@ -71,7 +71,7 @@ class PrototypeHead(Strategy):
         placeholder = {key: getattr(self.head, key.rsplit(".", 1)[-1]).detach() for key in self.excluded}
         hooks = [self.head.register_forward_pre_hook(keep_input), self.head.register_forward_hook(keep_output)]
         try:
-            output = maml._forward(constants, {**params, **placeholder}, x)
+            output = loop.at(0)({**params, **placeholder}, x)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -83,14 +83,14 @@ class PrototypeHead(Strategy):
                                f"needs one embedding vector per example [n, features]")
         return seen["input"]
 
-    def start(self, maml, params: fn.Params, constants: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
+    def start(self, loop: fn.InnerLoop, params: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
         """θ plus the prototype head of this task's support set.
 
         The body enters as fresh views of θ: the inner gradient must be the partial derivative in
         the body with the head held fixed, but autograd's gradient with respect to θ itself would
         also run through the prototypes (the head is a function of θ).
         """
-        weight, bias = prototype_head(self._embed(maml, constants, params, x), y, self.head.out_features)
+        weight, bias = prototype_head(self._embed(loop, params, x), y, self.head.out_features)
         return {**{n: p.view_as(p) for n, p in params.items()}, self.excluded[0]: weight, self.excluded[1]: bias}
 
     def check_labels(self, *labels: Tensor) -> None:
@@ -111,19 +111,14 @@ class PrototypeHead(Strategy):
 class ProtoMAML(MAML):
     """ProtoMAML around an unmodified classifier whose last operation is a linear head.
 
-    Args:
-        model, loss_fn, inner_lr, inner_steps, eval_inner_steps, first_order, batching, check_finite:
-            as for :class:`mamlkit.MAML`.
+    Args (beyond ``MAML``'s):
         head: name of the final ``nn.Linear`` in ``model.named_modules()`` (default: the last one).
             Its output must be the model's output; its ``out_features`` is the number of ways.
 
     Labels are integers in [0, ways) and every class needs at least one support example; ``adapt``
     returns body and head (``steps=0``: the prototype classifier), ``predict`` needs those params.
+    ``learn_lr`` learns rates for the head too (its shapes are the module head's).
     """
 
-    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 1, *, head: str | None = None,
-                 eval_inner_steps: int | None = None, first_order: bool = False, batching: str = "auto",
-                 check_finite: bool = True):
-        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps,
-                         first_order=first_order, batching=batching, check_finite=check_finite,
-                         strategy=PrototypeHead(model, head))
+    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 1, *, head: str | None = None, **options):
+        super().__init__(model, loss_fn, inner_lr, inner_steps, strategy=PrototypeHead(model, head), **options)

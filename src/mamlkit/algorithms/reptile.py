@@ -6,15 +6,12 @@ writes ``.grad = mean_i (θ − φ_i)``, so ``torch.optim.SGD(lr=ε)`` performs 
 (ε = 1 jumps to the mean adapted weights); Adam and friends treat it as any other gradient.
 """
 
-from typing import Sequence
-
 import torch
-from torch import Tensor
 
 from mamlkit import functional as fn
 from mamlkit.errors import MamlkitError
 from mamlkit.maml import MAML
-from mamlkit.strategies import NotALoss, accumulate_grad, mean_over_tasks
+from mamlkit.strategies import NOT_A_GRADIENT, NotALoss
 
 INNER_DATA = ("support", "all")
 
@@ -22,35 +19,22 @@ INNER_DATA = ("support", "all")
 class TowardAdapted(NotALoss):
     """The meta-gradient mean_i (θ − φ_i), φ_i after first-order SGD on the task's ``inner_data``."""
 
-    name = "Reptile"
-
     def __init__(self, inner_data: str):
         super().__init__()
         if inner_data not in INNER_DATA:
             raise MamlkitError(f"inner_data must be one of {INNER_DATA}, got {inner_data!r}")
         self.inner_data = inner_data
 
-    @torch.no_grad()
-    def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
-        theta = {name: p.detach() for name, p in maml.parameters_to_adapt().items()}
-        loop = maml.inner_loop(maml.selection.constants())
-
-        def per_task(gradient, sx, sy, qx, qy):
-            x, y = (sx, sy) if self.inner_data == "support" else (torch.cat([sx, qx]), torch.cat([sy, qy]))
-            phi = fn.last(self.path(loop, theta, theta, x, y, maml.inner_steps, gradient, True))
-            return {n: theta[n] - phi[n] for n in theta}, maml.loss_fn(loop.at(maml.inner_steps)(phi, qx), qy)
-
-        direction, loss = mean_over_tasks(maml, per_task, batch, theta)
-        accumulate_grad(maml.parameters_to_adapt(), direction)
-        return loss
+    def task_update(self, maml, loop: fn.InnerLoop, theta: fn.Params, gradient: fn.Gradient, sx, sy, qx, qy):
+        x, y = (sx, sy) if self.inner_data == "support" else (torch.cat([sx, qx]), torch.cat([sy, qy]))
+        phi = fn.last(self.path(loop, theta, x, y, maml.inner_steps, gradient, True))
+        return {n: theta[n] - phi[n] for n in theta}, maml.loss_fn(loop.at(maml.inner_steps)(phi, qx), qy)
 
 
 class Reptile(MAML):
-    """Reptile around an unmodified ``nn.Module``, with MAML's ``adapt``/``predict``/``evaluate``.
+    """Reptile around an unmodified ``nn.Module``, with MAML's other options and ``adapt``/``predict``/``evaluate``.
 
-    Args:
-        model, loss_fn, inner_lr, eval_inner_steps, batching, adapt_only, check_finite: as for
-            :class:`mamlkit.MAML`.
+    Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s):
         inner_steps: SGD steps per task during meta-training (k; Reptile needs k > 1 to differ
             from joint training on all tasks).
         inner_data: ``"support"`` adapts on the support set only (the query set just gives the
@@ -58,11 +42,11 @@ class Reptile(MAML):
             update never evaluates a held-out loss.
     """
 
+    does_not_take = NOT_A_GRADIENT
+
     def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 5, *, inner_data: str = "support",
-                 eval_inner_steps: int | None = None, batching: str = "auto",
-                 adapt_only: str | Sequence[str] | None = None, check_finite: bool = True):
-        super().__init__(model, loss_fn, inner_lr, inner_steps, eval_inner_steps=eval_inner_steps, first_order=True,
-                         batching=batching, adapt_only=adapt_only, check_finite=check_finite,
-                         strategy=TowardAdapted(inner_data))
+                 **options):
+        super().__init__(model, loss_fn, inner_lr, inner_steps, strategy=TowardAdapted(inner_data),
+                         **{"first_order": True, **options})
         if self.inner_steps < 1:
             raise MamlkitError("Reptile needs inner_steps >= 1 (with 0 the update is zero)")

@@ -1,4 +1,4 @@
-"""MAML-RL's two loops. Inner: one REINFORCE step per task through ``functional.adapt`` (the same
+"""MAML-RL's two loops. Inner: one REINFORCE step per task through ``functional.inner_step`` (the same
 code as supervised MAML: x = (state, action), the "prediction" is log π(a|s) and the loss is
 −mean(log π · A)). Outer: TRPO on the post-update surrogate, whose gradient and Fisher-vector
 products go exactly through the inner step by double backward."""
@@ -24,7 +24,7 @@ def pg_inputs(episodes: Episodes, adv: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def log_prob_forward(policy: GaussianPolicy) -> fn.Forward:
-    """``forward(params, x)`` for ``functional.adapt``: log π(a|s) of the rows x = [s, a]."""
+    """``forward(params, x)`` for ``functional.inner_step``: log π(a|s) of the rows x = [s, a]."""
     def forward(params: Params, x: Tensor) -> Tensor:
         return policy.log_prob(params, x[..., :policy.obs_dim], x[..., policy.obs_dim:])
     return forward
@@ -43,7 +43,7 @@ def adapt_tasks(policy: GaussianPolicy, params: Params, episodes: Episodes, adv:
     forward = log_prob_forward(policy)
 
     def one_task(p: Params, x_t: Tensor, w_t: Tensor) -> Params:
-        return fn.adapt(forward, pg_loss, p, x_t, w_t, lr, 1, first_order)
+        return fn.inner_step(forward, pg_loss, p, x_t, w_t, lr, first_order, fn.func_gradient)
     return torch.vmap(one_task, in_dims=(0 if stacked else None, 0, 0))(params, x, weights)
 
 
