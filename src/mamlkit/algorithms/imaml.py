@@ -4,7 +4,14 @@ Each task adapts by minimising L_support(φ) + λ/2 ‖φ − θ‖² from φ = 
 dφ*/dθ = (I + H/λ)⁻¹ with H = ∇²L_support(φ*), so the task's meta-gradient is
 (I + H/λ)⁻¹ ∇L_query(φ*), whatever path the inner optimiser took: memory does not grow with the
 number of inner steps. The linear system is solved by conjugate gradient on Hessian-vector
-products, never forming H. The result is exact when the inner problem is solved and CG converges.
+products, never forming H.
+
+A few gradient steps do not reach φ*: where the support loss is flat, the steps have barely moved
+φ away from θ, and there dφ/dθ is near I, not (I + H/λ)⁻¹. The meta-gradient adds that unsolved
+part: k steps of sizes α_s from θ on a quadratic support loss give exactly
+dφ_k/dθ = P + (I + H/λ)⁻¹ (I − P), P = Π_s (I − α_s (H + λI)), so the task's meta-gradient is
+P g + (I + H/λ)⁻¹ (g − P g) with g = ∇L_query(φ_k) and H at φ_k (k more Hessian-vector
+products). P vanishes as the steps solve the inner problem, leaving the implicit gradient.
 """
 
 import math
@@ -45,7 +52,7 @@ def hessian_vector_product(loss_of: Callable[[fn.Params], Tensor], params: fn.Pa
 
 
 class Implicit(NotALoss):
-    """Proximal inner loop; meta-gradient mean_i (I + H_i/λ)⁻¹ ∇L_query_i(φ_i) by conjugate gradient."""
+    """Proximal inner loop; meta-gradient mean_i P_i g_i + (I + H_i/λ)⁻¹ (g_i − P_i g_i), by conjugate gradient."""
 
     def __init__(self, lam: float, cg_steps: int, cg_tol: float):
         super().__init__()
@@ -56,7 +63,12 @@ class Implicit(NotALoss):
 
     def path(self, loop: fn.InnerLoop, theta: fn.Params, x: Tensor, y: Tensor, steps: int, gradient: fn.Gradient,
              first_order: bool) -> Iterator[fn.Params]:
-        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = θ, without a graph, safeguarded.
+        return (phi for phi, _ in self.descent(loop, theta, x, y, steps, gradient))
+
+    def descent(self, loop: fn.InnerLoop, theta: fn.Params, x: Tensor, y: Tensor, steps: int,
+                gradient: fn.Gradient) -> Iterator[tuple[fn.Params, Tensor]]:
+        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = θ, without a graph, safeguarded;
+        yields each φ_s with the step size that led to it (0 where the step was refused, and at s = 0).
 
         A step of size α is taken only if it decreases F by at least 1e-4 α ‖∇F‖² (Armijo's
         sufficient decrease with its usual constant: about every α below 2/curvature passes; up to rounding,
@@ -78,7 +90,7 @@ class Implicit(NotALoss):
             return {n: grads[n] + self.lam * (params[n] - theta[n]) for n in params}
 
         value, grad, scale = objective(phi, 0), objective_gradient(phi, 0), 1.0
-        yield phi
+        yield phi, torch.zeros_like(value)
         for s in range(steps):
             rate = scale * fn.rate_at(loop.lr, s)
             candidate = fn.sgd_step(phi, grad, rate)
@@ -88,21 +100,29 @@ class Implicit(NotALoss):
             phi = {n: torch.where(accept, candidate[n], phi[n]) for n in phi}
             grad = {n: torch.where(accept, candidate_grad[n], grad[n]) for n in grad}
             value = torch.where(accept, candidate_value, value)
+            yield phi, torch.where(accept, rate, torch.zeros_like(value))
             scale = torch.where(accept, scale, scale / 2)
-            yield phi
 
     def task_update(self, maml, loop: fn.InnerLoop, theta: fn.Params, gradient: fn.Gradient, sx, sy, qx, qy):
-        """(I + H/λ)⁻¹ ∇L_query(φ) by conjugate gradient, and L_query(φ)."""
-        phi = fn.last(self.path(loop, theta, sx, sy, maml.inner_steps, gradient, True))
+        """P g + (I + H/λ)⁻¹ (g − P g) at the adapted φ (the solve by conjugate gradient), and L_query(φ)."""
+        steps = list(self.descent(loop, theta, sx, sy, maml.inner_steps, gradient))
+        phi = steps[-1][0]
         forward = loop.at(maml.inner_steps)
         query_grad = gradient(lambda p: maml.loss_fn(forward(p, qx), qy), phi, False)
         hvp = hessian_vector_product(lambda p: maml.loss_fn(forward(p, sx), sy), phi, gradient)
+
+        direct = query_grad  # P g: what the steps pass on from θ unsolved, P = Π_s (I − α_s (H + λI))
+        for _, rate in steps[1:]:
+            hv = hvp(direct)
+            direct = {n: direct[n] - rate * (hv[n] + self.lam * direct[n]) for n in direct}
 
         def matvec(v):  # (I + H/λ) v
             hv = hvp(v)
             return {n: v[n] + hv[n] / self.lam for n in v}
 
-        return conjugate_gradient(matvec, query_grad, self.cg_steps, self.cg_tol), maml.loss_fn(forward(phi, qx), qy)
+        solved = conjugate_gradient(matvec, {n: query_grad[n] - direct[n] for n in direct}, self.cg_steps,
+                                    self.cg_tol)
+        return {n: direct[n] + solved[n] for n in direct}, maml.loss_fn(forward(phi, qx), qy)
 
 
 class IMAML(MAML):
@@ -113,7 +133,7 @@ class IMAML(MAML):
             enough of them to (nearly) solve it, since the implicit gradient assumes a minimum.
         lam: λ > 0, the proximal strength: larger keeps φ closer to θ.
         cg_steps: conjugate-gradient iterations (Hessian-vector products) per task, ≥ 1.
-        cg_tol: stop CG once the residual is below ``cg_tol`` times the query gradient's norm.
+        cg_tol: stop CG once the residual is below ``cg_tol`` times its right-hand side's norm, g − P g.
     """
 
     does_not_take = NOT_A_GRADIENT
