@@ -16,6 +16,8 @@ Every (variant, task) row runs in a fresh subprocess with torch.set_num_threads(
 
 A variant is a row of VARIANTS: a factory ``(model, loss_fn, **options) -> MAML`` (or subclass)
 and its options per task (None: the variant does not apply to the task). Add one with one line.
+Meta-SGD's sinusoid row stops at the one step its rates are learned for: they are a learned update
+for that step (signed, per weight), not a step size to repeat, so its 10-step cells read n/a.
 
     python benchmarks/algorithms.py                                   # smoke run, ~10 minutes
     python benchmarks/algorithms.py --sinusoid-iterations 20000 --omniglot-cpu-s 1800 \\
@@ -53,6 +55,7 @@ class Variant:
     factory: object  # (model, loss_fn, **options) -> MAML
     sinusoid: dict | None
     omniglot: dict | None
+    sinusoid_eval_steps: int = 10  # inner steps the sinusoid evaluation runs (the table shows 1 and 10)
 
 
 def registered(name: str):
@@ -71,7 +74,8 @@ VARIANTS = {
     "imaml": Variant(IMAML, SIN, {**OMNI, "inner_lr": 0.1, "inner_steps": 5, "eval_inner_steps": 5, "lam": 2.0,
                                   "cg_steps": 5}),
     "protomaml": Variant(ProtoMAML, None, {**OMNI, "inner_lr": 0.1, "inner_steps": 1}),
-    "metasgd": Variant(registered("metasgd"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
+    "metasgd": Variant(registered("metasgd"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1},
+                       sinusoid_eval_steps=1),
     "lslr": Variant(registered("lslr"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
     "mamlpp": Variant(registered("mamlpp"), {**SIN, "inner_steps": 5}, {**OMNI, "inner_steps": 5, "eval_inner_steps": 5}),
     "anil": Variant(registered("anil"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
@@ -137,7 +141,7 @@ def run_sinusoid(variant: Variant, args) -> dict:
     for shots in (5, 10):
         generator = torch.Generator().manual_seed(EVAL_SEED + shots)
         batch = tasks.sample(args.eval_tasks, shots, config.eval_points, generator)
-        curves = algorithm.evaluate(*batch[:4], steps=10, chunk_size=200)["loss"]
+        curves = algorithm.evaluate(*batch[:4], steps=variant.sinusoid_eval_steps, chunk_size=200)["loss"]
         mean, ci = mean_and_ci95(curves)
         result[f"K={shots}"] = {"mse": mean.tolist(), "ci95": ci.tolist()}
     return result
@@ -167,7 +171,9 @@ def worker(args) -> None:
 
 
 # -- the table ---------------------------------------------------------------------------------
-def mse_cell(row: dict, shots: int, steps: int) -> str:
+def mse_cell(row: dict, shots: int, steps: int, evaluated_steps: int) -> str:
+    if steps > evaluated_steps:
+        return f"n/a (rates learned for {evaluated_steps} step{'s' * (evaluated_steps > 1)})"
     if row.get("status") != "ok":
         return row.get("status", "—")
     values = row[f"K={shots}"]
@@ -184,7 +190,8 @@ def table(rows: dict) -> str:
              "| Omniglot peak MB |", "|---|" + "---|" * 10]
     for name, by_task in rows.items():
         sin, omni = by_task.get("sinusoid", {}), by_task.get("omniglot", {})
-        cells = [mse_cell(sin, k, s) if sin else "—" for k in (5, 10) for s in (1, 10)]
+        cells = [mse_cell(sin, k, s, VARIANTS[name].sinusoid_eval_steps) if sin else "—" for k in (5, 10)
+                 for s in (1, 10)]
         cells.append(speed_cell(sin, ".1f"))
         cells.append(harness.fmt(sin.get("peak_mb"), ".0f"))
         if omni.get("status") == "ok":
