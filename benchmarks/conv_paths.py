@@ -22,7 +22,7 @@ the task loop's; ``f64 error`` runs the same method on a 4-filter copy of the ne
 against the independent reference loop of tests/reference.py (second order, 2 inner steps).
 
     /work/peers-venv/bin/python benchmarks/conv_paths.py                  # ~3 min; results/conv_paths.md
-    /work/peers-venv/bin/python benchmarks/conv_paths.py --compiled       # + inductor rows (long first calls)
+    /work/peers-venv/bin/python benchmarks/conv_paths.py --compiled       # + compiled rows: inductor compiles for minutes
     python benchmarks/conv_paths.py --quick --out /tmp/conv_paths.md      # smoke test
 """
 
