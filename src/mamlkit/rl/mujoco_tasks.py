@@ -23,7 +23,10 @@ class GymTasks:
     """A batched ``TaskEnv`` over copies of one gymnasium env. ``make_env()`` builds a copy;
     ``sample_tasks(n, generator)`` draws ``[n, k]`` task parameters; ``reward(task, info, r)``
     gives the task's reward for a step (None: the env's own reward); ``set_task(env, task)``
-    (optional) configures a copy for its task before each reset."""
+    (optional) configures a copy for its task before each reset. With ``records_success`` the
+    env's ``info["success"]`` is kept per episode: ``successes()`` says whether it was ever set."""
+
+    records_success = False
 
     def __init__(self, make_env: Callable, sample_tasks: TaskSampler, horizon: int,
                  reward: TaskReward | None = None, set_task: Callable | None = None):
@@ -56,6 +59,7 @@ class GymTasks:
         self.tasks = tasks.double().repeat_interleave(per_task, dim=0).numpy()
         self.shape = (tasks.shape[0], per_task)
         self.alive = np.ones(count, dtype=bool)
+        self.succeeded = np.zeros(count, dtype=bool)
         obs = []
         for env, task, seed in zip(self.envs, self.tasks, seeds):
             if self.set_task is not None:
@@ -73,8 +77,14 @@ class GymTasks:
             rewards[i] = reward if self.reward is None else self.reward(self.tasks[i], info, reward)
             self.last_obs[i] = obs
             done[i] = terminated
+            if self.records_success:
+                self.succeeded[i] |= bool(info["success"])
         self.alive = ~done
         return self._tensor(self.last_obs), self._tensor(rewards), torch.from_numpy(done).reshape(self.shape)
+
+    def successes(self) -> Tensor:
+        """Whether each episode since the last reset succeeded at some step: ``[T, N]`` bool."""
+        return torch.from_numpy(self.succeeded.copy()).reshape(self.shape)
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.as_tensor(array, dtype=torch.float32).reshape(*self.shape, *array.shape[1:])
@@ -157,40 +167,16 @@ def make_mujoco_tasks(name: str, horizon: int, backend: str = "auto", threads: i
 def render_gif(config, policy, tasks: Tensor, path, frames_every: int = 2, size: int = 160) -> None:
     """A GIF of the policy after one policy-gradient step on two test tasks (side by side): the
     first and last of ``tasks`` sorted by task value (backward/forward, or slowest/fastest)."""
-    import os
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    import imageio
-
-    from mamlkit.rl.advantages import advantages
-    from mamlkit.rl.algorithms import adapt_tasks
-    from mamlkit.rl.sampler import per_task, sample
-
-    env_id, _, reward = TASKS[config.env]
+    from mamlkit.rl import rendering
+    rendering.offscreen()
     order = tasks[:, 0].argsort()
     chosen = tasks[[order[0].item(), order[-1].item()]]
-    batched = make_mujoco_tasks(config.env, config.horizon, config.backend)
-    generator = torch.Generator().manual_seed(0)
-    params = per_task({n: p.detach() for n, p in policy.params().items()}, len(chosen))
-    episodes = sample(batched, policy, params, chosen, config.trajectories, generator)
-    adv = advantages(episodes, config.gamma, config.gae_lambda)
-    adapted = adapt_tasks(policy, params, episodes, adv, config.inner_lr, first_order=True, stacked=True)
-    videos = []
-    for index, task in enumerate(chosen.double().numpy()):
-        env = make_gym_env(env_id, render_mode="rgb_array", width=size, height=size,
-                           camera_name="track")  # the model's camera that follows the body
-        obs, _ = env.reset(seed=index)
-        frames, total = [], 0.0
-        for t in range(config.horizon):
-            with torch.no_grad():
-                mean, _ = policy.distribution({n: p[index] for n, p in adapted.items()},
-                                              torch.as_tensor(obs, dtype=torch.float32))
-            obs, r, terminated, _, info = env.step(np.clip(mean.numpy(), env.action_space.low, env.action_space.high))
-            total += reward(task, info, r)
-            if t % frames_every == 0:
-                frames.append(env.render())
-            if terminated:
-                break
-        env.close()
-        videos.append(frames)
-    length = min(len(v) for v in videos)
-    imageio.mimsave(path, [np.concatenate([v[i] for v in videos], axis=1) for i in range(length)], duration=0.05, loop=0)
+    adapted = rendering.adapted_params(config, policy, make_mujoco_tasks(config.env, config.horizon, config.backend),
+                                       chosen)
+    env_id = TASKS[config.env][0]
+    videos = [rendering.record(make_gym_env(env_id, render_mode="rgb_array", width=size, height=size,
+                                            camera_name="track"),  # the model's camera that follows the body
+                               policy, {n: p[index] for n, p in adapted.items()}, config.horizon, frames_every,
+                               seed=index)
+              for index in range(len(chosen))]
+    rendering.save_side_by_side(videos, path)

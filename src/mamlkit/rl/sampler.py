@@ -14,11 +14,13 @@ from mamlkit.rl.policy import GaussianPolicy
 @dataclass
 class Episodes:
     """Trajectories of T tasks × N trajectories × H steps (H ≤ the horizon); ``mask`` is 0 after an
-    episode ended."""
+    episode ended. ``success`` (envs that report it, e.g. Meta-World): whether each trajectory
+    succeeded at some step."""
     obs: Tensor      # [T, N, H, obs_dim]
     actions: Tensor  # [T, N, H, act_dim]
     rewards: Tensor  # [T, N, H]
     mask: Tensor     # [T, N, H]
+    success: Tensor | None = None  # [T, N] bool
 
     def returns(self) -> Tensor:
         """Undiscounted return of each trajectory: [T, N]."""
@@ -59,6 +61,8 @@ def sample(env: TaskEnv, policy: GaussianPolicy, params: Params, tasks: Tensor, 
             break
     episodes = Episodes(**{k: torch.stack(v, dim=2) for k, v in steps.items()})
     episodes.obs = episodes.obs.to(episodes.actions.dtype)
+    if getattr(env, "records_success", False):
+        episodes.success = env.successes()
     return episodes  # shorter than the horizon when every episode ended early: no dead rows
 
 

@@ -16,7 +16,7 @@ from mamlkit.rl.mujoco_tasks import GymTasks
 
 
 def _serve(make_tasks: Callable[[], GymTasks], connection) -> None:
-    """A worker's loop: ("reset", tasks, per_task, seeds) | ("step", actions) | ("close",)."""
+    """A worker's loop: ("reset", tasks, per_task, seeds) | ("step", actions) | ("successes",) | ("close",)."""
     tasks_env = make_tasks()
     while True:
         command, *args = connection.recv()
@@ -24,6 +24,8 @@ def _serve(make_tasks: Callable[[], GymTasks], connection) -> None:
             return
         if command == "reset":
             connection.send(tasks_env.reset_with_seeds(*args).numpy())
+        elif command == "successes":
+            connection.send(tasks_env.successes().numpy())
         else:
             connection.send(tuple(t.numpy() for t in tasks_env.step(args[0])))
 
@@ -37,6 +39,9 @@ class WorkerTasks:
             raise MamlkitError(f"workers must be at least 1, got {workers}")
         self.local = make_tasks()  # task sampling and the spaces; it steps nothing
         self.obs_dim, self.act_dim, self.horizon = self.local.obs_dim, self.local.act_dim, self.local.horizon
+        self.records_success = self.local.records_success
+        if hasattr(self.local, "sample_test_tasks"):  # a benchmark's own held-out tasks (Meta-World)
+            self.sample_test_tasks = self.local.sample_test_tasks
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs torch threads
         self.connections, self.processes = [], []
         for _ in range(workers):
@@ -63,6 +68,12 @@ class WorkerTasks:
             connection.send(("step", actions[share].detach()))
         parts = [connection.recv() for connection, _ in busy]
         return tuple(torch.cat([torch.from_numpy(part[i]) for part in parts]) for i in range(3))
+
+    def successes(self) -> Tensor:
+        busy = [c for c, share in zip(self.connections, self.shares) if len(share)]
+        for connection in busy:
+            connection.send(("successes",))
+        return torch.cat([torch.from_numpy(connection.recv()) for connection in busy])
 
     def close(self) -> None:
         for connection, process in zip(self.connections, self.processes):
