@@ -152,3 +152,38 @@ def test_worker_processes_step_the_same_episodes_as_one_process(name):
 def test_workers_need_the_gym_backend():
     with pytest.raises(MamlkitError, match="env-threads"):
         make_mujoco_tasks("cheetah-dir", 5, backend="rollout", workers=2)
+
+
+class PointLineWithSuccess(PointLine):
+    """Reports Meta-World's ``info["success"]``: within 0.2 of the goal, and only there."""
+
+    def step(self, action):
+        obs, reward, _, truncated, info = super().step(action)
+        return obs, reward, False, truncated, {**info, "success": float(abs(self.x[0] - self.goal) < 0.2)}
+
+
+class SuccessTasks(GymTasks):
+    records_success = True
+
+
+def test_success_counts_an_episode_that_passes_the_goal_and_leaves_it():
+    env = SuccessTasks(PointLineWithSuccess, lambda n, g: torch.rand(n, generator=g), horizon=4, set_task=set_goal)
+    env.reset(torch.tensor([[1.0], [-1.0]]), 1, torch.Generator().manual_seed(0))
+    for _ in range(4):  # the first task's point passes its goal (x = 0.5, 1.0, 1.5, 2.0), the second never
+        env.step(torch.full((2, 1, 1), 0.5))
+    assert env.successes().tolist() == [[True], [False]]
+    env.reset(torch.tensor([[1.0]]), 1, torch.Generator().manual_seed(0))
+    assert env.successes().tolist() == [[False]]  # a reset forgets
+    torch.manual_seed(0)
+    policy = GaussianPolicy(1, 1, hidden=(4,))
+    episodes = sample(env, policy, per_task(policy.params(), 2), torch.tensor([[0.5], [5.0]]), 3,
+                      torch.Generator().manual_seed(0))
+    assert episodes.success.shape == (2, 3) and not episodes.success[1].any()  # 5.0 is out of reach in 4 moves
+
+
+def test_missing_metaworld_gets_the_install_hint(monkeypatch):
+    import sys
+    from mamlkit.rl.metaworld_tasks import benchmark_tasks
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # import metaworld raises ImportError
+    with pytest.raises(MamlkitError, match=r"pip install 'mamlkit\[metaworld\]'"):
+        benchmark_tasks.__wrapped__("ml1", "reach-v3")  # past the per-process cache of built benchmarks

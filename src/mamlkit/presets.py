@@ -92,6 +92,27 @@ for _name, (_config, _summary) in list(_RL.items()):
             f"{_summary.split(':')[0]} at a CPU scale: 10 tasks × 20 trajectories, 55 min of training")
 
 
+# Meta-World (docs/rl.md): Meta-World's own train/test split, 500-step episodes, 20 tasks × 10
+# trajectories as in garage's MAML-TRPO, the paper's α = 0.1 on normalised advantages; success rate
+# beside the return. "-small": 10 tasks × 10 trajectories × 150 steps (a shortened horizon), 55 min.
+_METAWORLD = {
+    "ml1-reach": (rl.RLConfig(env="ml1", metaworld_task="reach-v3"), "Meta-World ML1 reach: 50 train / 50 held-out goals"),
+    "ml1-push": (rl.RLConfig(env="ml1", metaworld_task="push-v3"), "Meta-World ML1 push: 50 train / 50 held-out goals"),
+    "ml1-pick-place": (rl.RLConfig(env="ml1", metaworld_task="pick-place-v3"),
+                       "Meta-World ML1 pick-place: 50 train / 50 held-out goals"),
+    "ml10": (rl.RLConfig(env="ml10"), "Meta-World ML10: 10 training task families, 5 held-out "
+                                      "(MAML-TRPO ~21% train / 13% held-out success, arXiv:2511.12383)"),
+}
+for _name, (_config, _summary) in _METAWORLD.items():
+    _config = replace(_config, meta_batch=20, trajectories=10, horizon=500, validation_tasks=10, validate_every=25)
+    PRESETS[_name] = Preset(rl, _config, f"{_summary}; 20 tasks × 10 trajectories × 500 steps")
+    _minutes = 115 if _name == "ml10" else 55  # the budgets: ML1 within an hour, ML10 two hours
+    PRESETS[f"{_name}-small"] = Preset(
+        rl, replace(_config, meta_batch=10, horizon=150, iterations=2000, eval_tasks=20, time_limit=float(_minutes)),
+        f"{_summary.split(':')[0]} at a CPU scale: 10 tasks × 10 trajectories × 150 steps (horizon "
+        f"shortened from 500), {_minutes} min of training")
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise MamlkitError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (see `mamlkit presets`)")

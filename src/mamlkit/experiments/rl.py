@@ -1,5 +1,6 @@
 """MAML for reinforcement learning (paper §5.3): 2D navigation, half-cheetah and ant goal velocity
-and direction, with the paper's pretrained, random-initialisation and oracle baselines.
+and direction, and Meta-World's ML1 and ML10, with the paper's pretrained, random-initialisation
+and oracle baselines.
 
 MAML, the pretrained policy (plain TRPO on all tasks, no inner step in the objective) and, with
 ``--oracle``, the oracle (the same, but it observes the task) train side by side on the same task
@@ -7,6 +8,7 @@ batches. Every ``validate_every`` iterations each is scored on validation tasks 
 checkpoint kept (``SELECTIONS``): adapting more than once degrades as training shrinks the policy's
 σ, so the last iteration is not the best one. Evaluation (Fig. 5): returns after 0..3
 policy-gradient steps on 40 held-out test tasks, 20 trajectories per step, α then α/2 as in the paper.
+Meta-World runs also report success rates, on its held-out test tasks and on its training tasks.
 """
 
 import json
@@ -35,7 +37,7 @@ from mamlkit.tasks.stream import task_stream
 
 EVAL_SEED = 20170309  # the same held-out tasks for every run and method
 VALIDATION_SEED = 1703  # validation tasks, for checkpoint selection only
-Env = Literal["2dnav", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir"]
+Env = Literal["2dnav", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir", "ml1", "ml10"]
 METHODS = ("maml", "pretrained", "random")
 # The policies each learner contributes to the evaluation: row -> the validation score its checkpoint
 # maximises. "adapted": mean return after 1..eval_steps steps (what MAML is for); "unadapted": the
@@ -49,7 +51,9 @@ SELECTIONS = {"maml": {"maml": "adapted"},
 @dataclass
 class RLConfig:
     env: Env = "2dnav"
-    """task family: 2D navigation, or half-cheetah / ant goal velocity or direction"""
+    """task family: 2D navigation, half-cheetah / ant goal velocity or direction, or Meta-World ML1 / ML10"""
+    metaworld_task: str = "reach-v3"
+    """ML1's Meta-World task family (reach-v3, push-v3, pick-place-v3, ...; the env ml1 only)"""
     iterations: int = 500
     """meta-training iterations (TRPO meta-updates)"""
     meta_batch: int = 20
@@ -109,7 +113,7 @@ class RLConfig:
     env_threads: int = 1
     """mujoco.rollout threads stepping the MuJoCo copies (rollout backend)"""
     env_workers: int = 0
-    """processes stepping the gymnasium envs (gym backend); 0: in this process"""
+    """processes stepping the gymnasium envs (gym backend, Meta-World); 0: in this process"""
     device: Literal["cpu"] = "cpu"
     """the environments and the small policy run on the CPU"""
     render: bool = True
@@ -127,11 +131,17 @@ class RLConfig:
             raise MamlkitError("gamma must be in (0, 1], gae_lambda in [0, 1] and backtrack_ratio in (0, 1)")
         if not (self.maml or self.pretrained or self.oracle):
             raise MamlkitError("nothing to train: --no-maml needs --pretrained or --oracle")
+        if self.oracle and self.env in ("ml1", "ml10"):
+            raise MamlkitError("--oracle observes a task's parameters; Meta-World's tasks have none to show "
+                               "(a task is an index into its benchmark): drop --oracle")
 
 
 def make_env(config: RLConfig) -> TaskEnv:
     if config.env == "2dnav":
         return Navigation2D(config.horizon)
+    if config.env in ("ml1", "ml10"):
+        from mamlkit.rl.metaworld_tasks import make_metaworld_tasks  # the optional metaworld extra
+        return make_metaworld_tasks(config.env, config.metaworld_task, config.horizon, config.env_workers)
     from mamlkit.rl.mujoco_tasks import make_mujoco_tasks  # gymnasium only for MuJoCo runs
     return make_mujoco_tasks(config.env, config.horizon, config.backend, config.env_threads, config.env_workers)
 
@@ -259,13 +269,22 @@ def load_policies(config: RLConfig, run_dir: Path, env: TaskEnv) -> tuple[dict[s
     return {**policies, "random": built["random"]}, iterations
 
 
-def evaluate(config: RLConfig, run_dir: Path) -> dict:
-    """Returns after 0..eval_steps steps on ``eval_tasks`` held-out tasks for each method: table,
-    results.json, the learning curve, the Fig. 5 plot and a rendering of the adapted policy."""
-    torch.set_num_threads(config.threads)
-    env = make_env(config)
-    policies, iterations = load_policies(config, run_dir, env)
-    tasks = env.sample_tasks(config.eval_tasks, torch.Generator().manual_seed(EVAL_SEED))
+def held_out_tasks(env: TaskEnv, count: int, generator: torch.Generator) -> torch.Tensor:
+    """A benchmark's own test tasks where it has a split (Meta-World), else fresh draws."""
+    return getattr(env, "sample_test_tasks", env.sample_tasks)(count, generator)
+
+
+def success_rates(seen: list) -> torch.Tensor | None:
+    """Fraction of each task's trajectories that succeeded at some step, after each policy-gradient
+    step ``[tasks, steps + 1]``; None for envs that report no success (all but Meta-World)."""
+    if seen[0].success is None:
+        return None
+    return torch.stack([episodes.success.double().mean(1) for episodes in seen], dim=1)
+
+
+def score(env: TaskEnv, policies: dict[str, GaussianPolicy], tasks: torch.Tensor, config: RLConfig) -> tuple[dict, dict]:
+    """Each method's return (and success rate) after 0..eval_steps steps on ``tasks``, with 95%
+    intervals over tasks; also the episodes seen."""
     results, episodes = {}, {}
     for name, policy in policies.items():
         returns, episodes[name] = adaptation_returns(method_env(name, env), policy, tasks, config,
@@ -275,16 +294,39 @@ def evaluate(config: RLConfig, run_dir: Path) -> dict:
         if config.env.endswith("-dir"):  # the two directions separately: adaptation must serve both
             for label, sign in (("forward", 1.0), ("backward", -1.0)):
                 results[name][label] = returns[tasks[:, 0] == sign].mean(0).tolist()
-    summary = {"metric": "mean return after each policy-gradient step (index = steps)", "env": config.env,
-               "checkpoint_iteration": iterations, "eval_tasks": config.eval_tasks, "trajectories": config.trajectories,
-               "tasks": tasks.tolist(), "results": results, **timing(run_dir)}
+        successes = success_rates(episodes[name])
+        if successes is not None:
+            mean, ci = mean_and_ci95(successes)
+            results[name].update(success=mean.tolist(), success_ci95=ci.tolist(), success_per_task=successes.tolist())
+    return results, episodes
+
+
+def evaluate(config: RLConfig, run_dir: Path) -> dict:
+    """Returns (and Meta-World's success rates) after 0..eval_steps steps on ``eval_tasks`` held-out
+    tasks for each method: table, results.json, the learning curve, the Fig. 5 plot and a rendering
+    of the adapted policy. A benchmark with its own split is also scored on its training tasks."""
+    torch.set_num_threads(config.threads)
+    env = make_env(config)
+    policies, iterations = load_policies(config, run_dir, env)
+    tasks = held_out_tasks(env, config.eval_tasks, torch.Generator().manual_seed(EVAL_SEED))
+    results, episodes = score(env, policies, tasks, config)
+    summary = {"metric": "mean return (and success rate, Meta-World) after each policy-gradient step (index = steps)",
+               "env": config.env, "checkpoint_iteration": iterations, "eval_tasks": config.eval_tasks,
+               "trajectories": config.trajectories, "tasks": tasks.tolist(), "results": results, **timing(run_dir)}
+    if hasattr(env, "sample_test_tasks"):
+        training = env.sample_tasks(config.eval_tasks, torch.Generator().manual_seed(EVAL_SEED))
+        summary["training_tasks"] = {"tasks": training.tolist(), "results": score(env, policies, training, config)[0]}
     write_json(Path(run_dir) / "results.json", summary)
     export_weights(run_dir, {name: policy.state_dict() for name, policy in policies.items()},
                    iterations=json.dumps(iterations))
     print(format_table(results))
+    if "training_tasks" in summary:
+        print("training tasks:\n" + format_table(summary["training_tasks"]["results"]))
     from mamlkit.experiments import rl_plots  # matplotlib only when plotting
     rl_plots.plot_learning_curve(run_dir, Path(run_dir) / "learning_curve.png")
     rl_plots.plot_returns_vs_steps(results, config.env, Path(run_dir) / "fig5_returns_vs_steps.png")
+    if "success" in results["random"]:
+        rl_plots.plot_returns_vs_steps(results, config.env, Path(run_dir) / "success_vs_steps.png", key="success")
     if config.render and "maml" in policies:
         rl_plots.render(config, env, policies["maml"], tasks, episodes["maml"], run_dir)
     return summary
@@ -312,4 +354,7 @@ def format_table(results: dict) -> str:
         for direction in ("forward", "backward"):  # direction tasks: each direction's mean
             if direction in row:
                 lines.append(f"| {name} {direction} | " + " | ".join(f"{m:.1f}" for m in row[direction]) + " |")
+        if "success" in row:
+            lines.append(f"| {name} success | " + " | ".join(
+                f"{100 * m:.1f} ± {100 * c:.1f}%" for m, c in zip(row["success"], row["success_ci95"])) + " |")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""Figures of an RL run: the training curve, returns vs. policy-gradient steps (the paper's Fig. 5)
-and a picture of the adapted policy (2D navigation paths, or a MuJoCo GIF)."""
+"""Figures of an RL run: the training curve, returns (or Meta-World's success rates) vs.
+policy-gradient steps (the paper's Fig. 5) and a picture of the adapted policy (2D navigation
+paths, or a MuJoCo GIF)."""
 
 from pathlib import Path
 
@@ -16,8 +17,11 @@ STYLES = {"own": ("s", ":"), "last": ("x", "--")}  # the pretrained baseline's o
 
 
 def plot_learning_curve(run_dir: Path, path: Path) -> None:
+    """Returns during training; beside them the success rates where the env reports them."""
     records = read_metrics(run_dir)
-    figure, axis = plt.subplots(figsize=(6, 3.6))
+    successes = any("maml/success_post" in r for r in records)
+    figure, axes = plt.subplots(1, 1 + successes, figsize=(6 * (1 + successes), 3.6), squeeze=False)
+    axis = axes[0, 0]
     for key, learner, label, style in (
             ("maml/return_pre", "maml", "MAML before adaptation", "--"),
             ("maml/return_post", "maml", "MAML after one step", "-"),
@@ -32,22 +36,34 @@ def plot_learning_curve(run_dir: Path, path: Path) -> None:
     axis.set_xlabel("meta-iteration")
     axis.set_ylabel("mean return (training tasks)")
     axis.legend(loc="best", fontsize=8)
+    if successes:
+        axis = axes[0, 1]
+        for key, learner, label, style in (("maml/success_pre", "maml", "MAML before adaptation", "--"),
+                                           ("maml/success_post", "maml", "MAML after one step", "-"),
+                                           ("pretrained/success_post", "pretrained", "pretrained", ":")):
+            points = [(r["iteration"], r[key]) for r in records if key in r]
+            if points:
+                axis.plot(*zip(*points), style, color=COLORS[learner], lw=1, label=label)
+        axis.set_xlabel("meta-iteration")
+        axis.set_ylabel("success rate (training tasks)")
+        axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
     save_figure(figure, path)
     plt.close(figure)
 
 
-def plot_returns_vs_steps(results: dict, env: str, path: Path) -> None:
+def plot_returns_vs_steps(results: dict, env: str, path: Path, key: str = "return") -> None:
+    """``key`` "return" (± its 95% interval "ci95") or "success" (± "success_ci95")."""
     figure, axis = plt.subplots(figsize=(4.5, 3.6))
     for name, row in results.items():
-        steps = range(len(row["return"]))
+        steps = range(len(row[key]))
         learner, _, selection = name.partition("-")
         marker, line = STYLES.get(selection, ("o", "-"))
-        axis.errorbar(steps, row["return"], yerr=row["ci95"], marker=marker, ls=line, ms=4, capsize=3,
-                      color=COLORS[learner], label=name)
+        axis.errorbar(steps, row[key], yerr=row["ci95" if key == "return" else f"{key}_ci95"], marker=marker,
+                      ls=line, ms=4, capsize=3, color=COLORS[learner], label=name)
     axis.set_xticks(list(steps))
     axis.set_xlabel("number of gradient steps")
-    axis.set_ylabel("average return")
+    axis.set_ylabel("average return" if key == "return" else "success rate")
     axis.set_title(env)
     axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
@@ -57,11 +73,18 @@ def plot_returns_vs_steps(results: dict, env: str, path: Path) -> None:
 
 def render(config, env, policy, tasks, episodes, run_dir: Path) -> None:
     """2D navigation: paths of the first trajectories before and after each step for a few tasks.
-    MuJoCo: a GIF of the policy after one step on test tasks (``mujoco_tasks.render_gif``)."""
+    MuJoCo: a GIF of the policy after one step on test tasks (``render_gif`` of ``mujoco_tasks``
+    or ``metaworld_tasks``)."""
+    path = Path(run_dir) / "adapted_policy.gif"
+    if config.env in ("ml1", "ml10"):
+        from mamlkit.rl.metaworld_tasks import render_gif
+        with writing(path):
+            render_gif(config, env, policy, tasks, path)
+        return
     if config.env != "2dnav":
         from mamlkit.rl.mujoco_tasks import render_gif
-        with writing(Path(run_dir) / "adapted_policy.gif"):
-            render_gif(config, policy, tasks, Path(run_dir) / "adapted_policy.gif")
+        with writing(path):
+            render_gif(config, policy, tasks, path)
         return
     shown = min(4, len(tasks))
     figure, axes = plt.subplots(1, shown, figsize=(3 * shown, 3.2), sharex=True, sharey=True, squeeze=False)

@@ -51,6 +51,9 @@ class MetaRLLearner:
         returns = {"return_post": meta_batch.post.returns().mean().item()}
         if meta_batch.pre is not None:
             returns["return_pre"] = meta_batch.pre.returns().mean().item()
+        for when, episodes in (("pre", meta_batch.pre), ("post", meta_batch.post)):
+            if episodes is not None and episodes.success is not None:  # Meta-World
+                returns[f"success_{when}"] = episodes.success.double().mean().item()
         return {**returns, "kl": info["kl"], "backtracks": info["backtracks"],
                 "surrogate_gain": info["surrogate_before"] - info["surrogate_after"],
                 "sample_s": sampled - start, "optimize_s": done - sampled,  # wall clock
