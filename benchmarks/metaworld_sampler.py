@@ -27,10 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from harness import run_row, version  # noqa: E402
 
 
-def all_cpu_seconds() -> float:
-    """CPU seconds of this process and its finished or running children (worker processes)."""
-    own, children = os.times(), os.times()
-    return own.user + own.system + children.children_user + children.children_system
+def all_cpu_seconds(pids=()) -> float:
+    """CPU seconds of this process and of the running processes ``pids`` (worker processes)."""
+    own = os.times()
+    total = own.user + own.system
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]
+        total += (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def step_plain(family, steps):
@@ -54,10 +59,11 @@ def step_vector(family, envs, steps, strategy):
                              vector_strategy=strategy)
     env.call("sample_tasks")  # gives each copy its task and resets it (a plain reset has no task yet)
     acts = np.random.default_rng(0).uniform(-1, 1, (steps, envs, 4))
-    start, cpu = time.perf_counter(), all_cpu_seconds()
+    pids = [process.pid for process in getattr(env, "processes", [])]  # async: one process per env
+    start, cpu = time.perf_counter(), all_cpu_seconds(pids)
     for action in acts:
         env.step(action)
-    elapsed, cpu = time.perf_counter() - start, all_cpu_seconds() - cpu
+    elapsed, cpu = time.perf_counter() - start, all_cpu_seconds(pids) - cpu
     env.close()
     return envs * steps, elapsed, cpu
 
@@ -72,9 +78,10 @@ def step_sampler(benchmark, family, tasks, trajectories, horizon, workers):
     generator = torch.Generator().manual_seed(0)
     goals = env.sample_tasks(tasks, generator)
     sample(env, policy, per_task(policy.params(), tasks), goals, trajectories, generator)  # builds the env pool
-    start, cpu = time.perf_counter(), all_cpu_seconds()
+    pids = [process.pid for process in getattr(env, "processes", [])]
+    start, cpu = time.perf_counter(), all_cpu_seconds(pids)
     episodes = sample(env, policy, per_task(policy.params(), tasks), goals, trajectories, generator)
-    elapsed, cpu = time.perf_counter() - start, all_cpu_seconds() - cpu
+    elapsed, cpu = time.perf_counter() - start, all_cpu_seconds(pids) - cpu
     if workers:
         env.close()
     return int(episodes.mask.sum()), elapsed, cpu

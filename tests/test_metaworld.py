@@ -98,7 +98,7 @@ def test_tiny_ml1_reach_run_end_to_end(tmp_path):
                      validate_every=1, checkpoint_every=1)
     summary = rl.train(config, tmp_path)
     for split in (summary["results"], summary["training_tasks"]["results"]):
-        assert set(split) == {"maml", "pretrained", "random"}
+        assert {"maml", "pretrained", "random"} <= set(split)
         for row in split.values():
             assert len(row["success"]) == len(row["success_ci95"]) == 2
             assert all(0 <= s <= 1 for s in row["success"])
