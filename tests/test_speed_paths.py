@@ -169,7 +169,7 @@ def test_auto_does_not_time_paths_a_model_cannot_take():
 
 @pytest.mark.parametrize("chunk", [0, -1, 2.5, True])
 def test_meta_batch_chunk_must_be_a_positive_count(chunk):
-    with pytest.raises(MamlkitError, match="meta_batch_chunk must be a positive number of tasks"):
+    with pytest.raises(MamlkitError, match="meta_batch_chunk must be a whole number >= 1"):
         MAML(CASES["mlp"][0](), torch.nn.functional.mse_loss, inner_lr=0.1, meta_batch_chunk=chunk)
 
 

@@ -107,7 +107,7 @@ class MAML(nn.Module):
         self.first_order, self.compile, self.learn_lr = bool(first_order), compile, learn_lr
         self.checkpoint_inner, self.check_finite = bool(checkpoint_inner), bool(check_finite)
         self.strategy = strategy or Strategy()
-        self.mapping = TaskMapping(batching, self.checkpoint_inner, meta_batch_chunk)
+        self.mapping = TaskMapping(model, batching, self.checkpoint_inner, meta_batch_chunk)
         self.selection = ParameterSelection(model, adapt_only, self.strategy.excluded)
         stepped = {**self.parameters_to_adapt(), **{n: p for n, p in model.named_parameters()
                                                     if n in self.strategy.excluded}}  # ProtoMAML's head steps too
@@ -125,7 +125,7 @@ class MAML(nn.Module):
     @property
     def inner_lrs(self) -> dict[str, nn.Parameter]:
         """The learned rates by parameter name (empty unless ``learn_lr`` is set)."""
-        return self.rates.by_name()
+        return dict(self.rates.named_parameters())
 
     def parameters_to_adapt(self) -> fn.Params:
         """θ: the trainable parameters the inner loop adapts, by name (tied parameters appear once)."""
@@ -171,9 +171,6 @@ class MAML(nn.Module):
         """The inner loop's forward, loss and rate; ``rates`` replace the learned ones (compile, evaluate)."""
         return fn.InnerLoop(at=lambda step: partial(self._forward, constants, step=step), loss_fn=self.loss_fn,
                          lr=self.rates.schedule(rates), checkpoint=self.checkpoint_inner)
-
-    def map_tasks(self, per_task, tensors: tuple[Tensor, ...], chunk_size: int | None = None) -> Tensor:
-        return self.mapping(self.model, per_task, tensors, chunk_size)
 
     def _reference(self) -> Tensor:
         """A parameter whose dtype and device the task data must match."""
@@ -228,7 +225,7 @@ class MAML(nn.Module):
         check_task(x, y, self._reference(), self.check_finite)
         self._check_dtypes(x, y)
         self.strategy.check_labels(y)
-        gradient = fn.func_gradient if self.mapping.uses_vmap(self.model) else fn.autograd_gradient
+        gradient = fn.func_gradient if self.mapping.uses_vmap() else fn.autograd_gradient
         adapted = fn.last(self.strategy.path(self.inner_loop(self.selection.constants()), self.parameters_to_adapt(),
                                              x, y, self._steps(steps), gradient, self.first_order))
         return self._finite(adapted, "the adapted parameters")
@@ -239,7 +236,7 @@ class MAML(nn.Module):
         ``step`` (per-step BatchNorm only) is how many inner steps produced ``params``: by default
         ``eval_inner_steps`` when ``params`` are given, else 0.
         """
-        if params is None and self.strategy.needs_support_set:
+        if params is None and self.strategy.excluded:
             raise MamlkitError(f"{type(self).__name__} builds part of the model from a support set: pass "
                                f"params=maml.adapt(x, y)")
         if step is None:
@@ -264,6 +261,6 @@ class MAML(nn.Module):
             path = self.strategy.path(loop, params, sx, sy, steps, gradient, first_order=True)
             return fn.adaptation_curve(loop, metrics, path, qx, qy)
 
-        curves = self._finite(self.map_tasks(per_task, batch, chunk_size), "the evaluation metrics")
+        curves = self._finite(self.mapping(per_task, batch, chunk_size), "the evaluation metrics")
         return {name: curves[:, :, j] for j, name in enumerate(metrics)}
 

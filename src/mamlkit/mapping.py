@@ -2,9 +2,7 @@
 plain autograd, or either in chunks of tasks. ``auto`` takes vmap unless the model cannot.
 
 The seam for other mappings is ``TaskMapping``: its callers only pass a per-task function
-``per_task(gradient, *task_tensors) -> Tensor`` and the tensors. Training goes through
-``TaskMapping.backward``, which back-propagates chunks of tasks one after the other (bounded memory)
-and, with ``auto``, times the candidate paths on the first meta-iterations and keeps the fastest.
+``per_task(gradient, *task_tensors) -> Tensor`` and the tensors (training: a mean loss, ``backward``).
 """
 
 import math
@@ -16,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mamlkit import functional as fn
+from mamlkit.checks import check_count
 from mamlkit.chunked import backward_in_chunks
 from mamlkit.errors import MamlkitError
 from mamlkit.exact_norm import ExactNormalization
@@ -56,32 +55,29 @@ def synchronized_clock(device: torch.device):
 
 
 class TaskMapping:
-    """vmap or loop for one model; ``auto`` falls back to the loop (warning once) when vmap fails.
+    """vmap or loop for ``model``; ``auto`` falls back to the loop (warning once) when vmap fails.
 
     In training (``backward``) ``meta_batch_chunk`` tasks are back-propagated at a time (all by
     default); ``auto`` without a chunk size times vmap over all tasks, over halves, quarters and
     eighths of them, and the loop, and keeps the fastest (``report()`` says what it measured).
     """
 
-    def __init__(self, batching: str = "auto", checkpoint_inner: bool = False, meta_batch_chunk: int | None = None):
+    def __init__(self, model: nn.Module, batching: str = "auto", checkpoint_inner: bool = False,
+                 meta_batch_chunk: int | None = None):
         if batching not in BATCHING:
             raise MamlkitError(f"batching must be one of {BATCHING}, got {batching!r}")
         if checkpoint_inner and batching == "vmap":
             raise MamlkitError("checkpoint_inner=True runs tasks in a Python loop (torch.utils.checkpoint does "
                                "not compose with vmap in torch 2.13); use batching='auto' or 'loop' and compile=False")
-        if meta_batch_chunk is not None and (isinstance(meta_batch_chunk, bool) or not isinstance(meta_batch_chunk, int)
-                                             or meta_batch_chunk < 1):
-            raise MamlkitError(f"meta_batch_chunk must be a positive number of tasks or None (all), "
-                               f"got {meta_batch_chunk!r}")
-        self.batching, self.checkpoint_inner, self.vmap_failed = batching, checkpoint_inner, False
-        self.meta_batch_chunk = meta_batch_chunk
+        self.meta_batch_chunk = None if meta_batch_chunk is None else check_count(meta_batch_chunk, "meta_batch_chunk")
+        self.model, self.batching, self.checkpoint_inner, self.vmap_failed = model, batching, checkpoint_inner, False
         self.choice: TimedChoice | None = None  # auto, in training: made on the first backward
         self.tasks: int | None = None  # the meta-batch the choice was made for
         self._loop_forced = False  # while a timed loop candidate runs
 
-    def uses_vmap(self, model: nn.Module) -> bool:
-        """Whether tasks run under vmap for ``model`` as it is now (train/eval mode matters)."""
-        blocker = running_stats_module(model)
+    def uses_vmap(self) -> bool:
+        """Whether tasks run under vmap for the model as it is now (train/eval mode matters)."""
+        blocker = running_stats_module(self.model)
         if self.batching == "vmap" and blocker:
             raise MamlkitError(f"BatchNorm '{blocker}' updates running statistics, which vmap cannot do per "
                                f"task; build it with track_running_stats=False (the paper's transductive mode) "
@@ -98,15 +94,14 @@ class TaskMapping:
             return False
         return True
 
-    def __call__(self, model: nn.Module, per_task, tensors: tuple[Tensor, ...],
-                 chunk_size: int | None = None) -> Tensor:
+    def __call__(self, per_task, tensors: tuple[Tensor, ...], chunk_size: int | None = None) -> Tensor:
         """``per_task`` over the tasks of ``tensors``, ``chunk_size`` tasks at a time (all by default)."""
         chunk_size = chunk_size or tensors[0].shape[0]
-        return torch.cat([self._map(model, per_task, tuple(t[i:i + chunk_size] for t in tensors))
+        return torch.cat([self._map(per_task, tuple(t[i:i + chunk_size] for t in tensors))
                           for i in range(0, tensors[0].shape[0], chunk_size)])
 
-    def _map(self, model: nn.Module, per_task, tensors: tuple[Tensor, ...]) -> Tensor:
-        if self.uses_vmap(model):
+    def _map(self, per_task, tensors: tuple[Tensor, ...]) -> Tensor:
+        if self.uses_vmap():
             try:
                 return vmap_tasks(per_task, tensors)
             except (RuntimeError, NotImplementedError) as error:
@@ -118,10 +113,10 @@ class TaskMapping:
                               stacklevel=4)
         return loop_tasks(per_task, tensors)
 
-    def backward(self, model: nn.Module, mean_loss, batch: tuple[Tensor, ...]) -> Tensor:
+    def backward(self, mean_loss, batch: tuple[Tensor, ...]) -> Tensor:
         """``mean_loss(*batch).backward()`` (a mean over tasks) chunk by chunk, on the fastest path under ``auto``;
         returns the detached loss."""
-        if self.batching != "auto" or not self.uses_vmap(model):
+        if self.batching != "auto" or not self.uses_vmap():
             return backward_in_chunks(mean_loss, batch, self.meta_batch_chunk or batch[0].shape[0])
         if self.choice is None:
             self.tasks = batch[0].shape[0]

@@ -38,13 +38,10 @@ class LearnedRates(nn.Module):
             owner = owner._modules[part]
         return owner
 
-    def by_name(self) -> dict[str, nn.Parameter]:
-        return dict(self.named_parameters())
-
     def schedule(self, rates: dict[str, Tensor] | None = None):
         """The inner ``lr`` for functional.py: α, the Meta-SGD mapping, or LSLR's function of the step
         (steps beyond the trained ones reuse the last rates); ``rates`` replace the learned tensors."""
-        rates = self.by_name() if rates is None else rates
+        rates = dict(self.named_parameters()) if rates is None else rates
         if self.kind == "metasgd":
             return dict(rates)
         if self.kind == "lslr":  # step sizes, never negative (see project)

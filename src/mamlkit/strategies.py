@@ -37,8 +37,7 @@ class Strategy:
     """The unrolled inner loop, differentiated by autograd: second order, or first order when the
     inner gradient is detached (``first_order``). Other families override what differs."""
 
-    needs_support_set = False  # the model cannot predict before seeing a task (ProtoMAML's head)
-    excluded: tuple[str, ...] = ()  # parameters the strategy rebuilds per task instead of adapting
+    excluded: tuple[str, ...] = ()  # parameters rebuilt per task (ProtoMAML's head): predicting needs a support set
 
     def __init__(self):
         self._compiled = {}
@@ -69,7 +68,7 @@ class Strategy:
     def meta_loss(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
         first_order, step_weights = maml.training_options()
         return self.objective(maml, maml.parameters_to_adapt(), maml.selection.constants(), batch,
-                              map_tasks=maml.map_tasks, rates=None, first_order=first_order, step_weights=step_weights)
+                              map_tasks=maml.mapping, rates=None, first_order=first_order, step_weights=step_weights)
 
     def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
         """``meta_loss(...).backward()``; with ``checkpoint_inner`` task by task (one task's chain of
@@ -80,9 +79,9 @@ class Strategy:
 
         if maml.checkpoint_inner:
             return backward_in_chunks(mean_loss, batch, 1)
-        if maml.compile and maml.mapping.uses_vmap(maml.model):
+        if maml.compile and maml.mapping.uses_vmap():
             return self._compiled_meta_backward(maml, batch)
-        return maml.mapping.backward(maml.model, mean_loss, batch)
+        return maml.mapping.backward(mean_loss, batch)
 
     def _compiled_meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
         """One compilation per derivative order; the step weights are an input, not a constant."""
@@ -130,7 +129,7 @@ class NotALoss(Strategy):
             direction, loss = self.task_update(maml, loop, theta, gradient, *task)
             return torch.cat([direction[n].reshape(-1) for n in theta] + [loss.reshape(1)])
 
-        flat = maml.map_tasks(flat_task, batch, maml.mapping.meta_batch_chunk).mean(dim=0)
+        flat = maml.mapping(flat_task, batch, maml.mapping.meta_batch_chunk).mean(dim=0)
         pieces = flat[:-1].split([p.numel() for p in theta.values()])
         accumulate_grad(maml.parameters_to_adapt(), {n: g.view_as(theta[n]) for n, g in zip(theta, pieces)})
         return flat[-1]

@@ -1,15 +1,5 @@
 """MAML++ (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019), each trick a switch.
 
-- ``multi_step_loss``: the meta-objective is Σ_s v_s L_query(θ_s) over the inner steps, with the
-  importance vector v annealed from uniform toward the last step over ``msl_epochs`` epochs
-  (non-final weights never below 0.03/N), then the last step's loss alone.
-- ``per_step_bn``: the model's BatchNorm layers become ``PerStepBatchNorm`` with weights, biases
-  and running statistics per inner step (BNWB + BNRS).
-- ``learn_lr="lslr"``: one learned rate per parameter tensor and inner step (LSLR).
-- ``first_order_epochs``: derivative-order annealing, first order for the first epochs.
-- ``cosine_iterations``: cosine annealing of the meta learning rate to ``min_meta_lr``
-  (``maml.lr_scheduler(optimizer)`` returns the scheduler; step it once per meta-iteration).
-
 Schedules count meta-iterations: each ``meta_backward`` call is one (when you call ``meta_loss``
 yourself, add 1 to ``maml.iteration`` after each meta-update); an epoch is
 ``iterations_per_epoch`` of them (500 in the paper). ``iteration`` is saved in ``state_dict()``.
@@ -36,13 +26,17 @@ class MAMLPlusPlus(MAML):
     """MAML with MAML++'s training tricks; every switch defaults to the paper's setting.
 
     Args (beyond ``MAML``'s):
-        multi_step_loss: weighted query losses after every inner step while ``epoch < msl_epochs``.
-        msl_epochs: epochs over which the importance vector anneals (paper: 10; 0: last step only).
-        per_step_bn: convert the model's BatchNorm layers in place to ``PerStepBatchNorm`` with
-            ``inner_steps + 1`` sets (build the optimizer from ``maml.parameters()`` afterwards).
-        first_order_epochs: use first-order gradients while ``epoch < first_order_epochs`` (paper: 50).
-        cosine_iterations: total meta-iterations of the cosine meta-learning-rate schedule (None: off).
-        min_meta_lr: the schedule's final learning rate.
+        learn_lr: default ``"lslr"``, one learned rate per parameter tensor and inner step (LSLR).
+        multi_step_loss: the meta-objective is Σ_s v_s L_query(θ_s) over the inner steps while
+            ``epoch < msl_epochs``, the importance vector v annealed from uniform toward the last step
+            (non-final weights never below 0.03/N); then the last step's loss alone.
+        msl_epochs: epochs over which v anneals (paper: 10; 0: last step only).
+        per_step_bn: convert the model's BatchNorm layers in place to ``PerStepBatchNorm`` with weights,
+            biases and running statistics per inner step, ``inner_steps + 1`` sets (BNWB + BNRS; build
+            the optimizer from ``maml.parameters()`` afterwards).
+        first_order_epochs: derivative-order annealing, first order while ``epoch < first_order_epochs`` (paper: 50).
+        cosine_iterations: cosine annealing of the meta learning rate to ``min_meta_lr`` over this many
+            meta-iterations (None: off; ``maml.lr_scheduler(optimizer)`` returns the scheduler).
         iterations_per_epoch: meta-iterations per epoch for the epoch-based schedules.
     """
 

@@ -50,8 +50,6 @@ def prototype_head(embeddings: Tensor, labels: Tensor, ways: int) -> tuple[Tenso
 class PrototypeHead(Strategy):
     """The unrolled inner loop (second or first order) starting from θ plus the support set's prototype head."""
 
-    needs_support_set = True
-
     def __init__(self, model: nn.Module, head: str | None):
         super().__init__()
         self.head_name, self.head = find_head(model, head)
@@ -62,19 +60,15 @@ class PrototypeHead(Strategy):
         """The head's input for ``x``, by running the model with a hook on the head."""
         seen = {}
 
-        def keep_input(module, args):
-            seen["input"] = args[0]
-
-        def keep_output(module, args, output):
-            seen["output"] = output
+        def keep(module, args, output):
+            seen.update(input=args[0], output=output)
 
         placeholder = {key: getattr(self.head, key.rsplit(".", 1)[-1]).detach() for key in self.excluded}
-        hooks = [self.head.register_forward_pre_hook(keep_input), self.head.register_forward_hook(keep_output)]
+        hook = self.head.register_forward_hook(keep)
         try:
             output = loop.at(0)({**params, **placeholder}, x)
         finally:
-            for hook in hooks:
-                hook.remove()
+            hook.remove()
         if "input" not in seen or output is not seen["output"]:
             raise MamlkitError(f"ProtoMAML's head {self.head_name!r} is not the model's last operation; "
                                f"name the final nn.Linear with head='...'")
