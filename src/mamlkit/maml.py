@@ -170,7 +170,7 @@ class MAML(nn.Module):
     def inner_loop(self, constants: fn.Params, rates: Mapping[str, Tensor] | None = None) -> fn.InnerLoop:
         """The inner loop's forward, loss and rate; ``rates`` replace the learned ones (compile, evaluate)."""
         return fn.InnerLoop(at=lambda step: partial(self._forward, constants, step=step), loss_fn=self.loss_fn,
-                         lr=self.rates.schedule(rates), checkpoint=self.checkpoint_inner)
+                            lr=self.rates.schedule(rates), checkpoint=self.checkpoint_inner)
 
     def _reference(self) -> Tensor:
         """A parameter whose dtype and device the task data must match."""
