@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mamlkit import MAML, MamlkitError
-from mamlkit.algorithms import ALGORITHMS, build_algorithm
+from mamlkit.algorithms import ALGORITHMS, accepts, build_algorithm
 from mamlkit.algorithms.mamlpp import MAMLPlusPlus, importance_weights
 from mamlkit.models.per_step_bn import PerStepBatchNorm
 from reference import relative_error
@@ -512,6 +512,11 @@ def test_registry_builds_every_variant():
         build_algorithm("mamlx", tanh_mlp(), F.mse_loss, inner_lr=0.1)
     with pytest.raises(MamlkitError, match="bad options for algorithm 'anil'"):
         build_algorithm("anil", tanh_mlp(), F.mse_loss, inner_lr=0.1, adapt_steps=3)
+
+
+def test_accepts_knows_maml_options_that_a_variant_refuses():
+    assert accepts("protomaml", "compile") and accepts("imaml", "lam") and accepts("reptile", "meta_batch_chunk")
+    assert not accepts("reptile", "compile") and not accepts("imaml", "learn_lr") and not accepts("maml", "lam")
 
 
 @pytest.mark.parametrize("kwargs, message", [
