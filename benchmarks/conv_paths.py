@@ -242,12 +242,7 @@ def measure(name: str, args) -> list[dict]:
                    "f32_diff": diff, "f64_error": f64, "peak_mb": peak_mb(name, k, args.threads, args.compiled)}
         print(f"{name} {rows[k]['method']}: first call {first_s:.1f} s, f64 error {harness.fmt(f64, '.1e')}",
               file=sys.stderr, flush=True)
-    repeats = 3 if args.quick else 5
-    loads = []
-    for _ in range(repeats):
-        for runner in runners.values():
-            runner.block(args.seconds / repeats)
-        loads.append(os.getloadavg()[0])
+    loads = floor.interleave(runners, args.seconds, 3 if args.quick else 5)
     l2l = runners.get("learn2learn")
     for k, runner in runners.items():
         ms = statistics.median(runner.ms)

@@ -224,6 +224,16 @@ class Runner:
         self.cpu_ms.append((time.process_time() - cpu_start) / done * 1e3)
 
 
+def interleave(runners: dict, seconds: float, repeats: int) -> list[float]:
+    """Round-robin blocks of every runner, so load hits all alike; the 1-minute load after each round."""
+    loads = []
+    for _ in range(repeats):
+        for runner in runners.values():
+            runner.block(seconds / repeats)
+        loads.append(os.getloadavg()[0])
+    return loads
+
+
 def peak_mb(name: str, method: str, threads: int) -> float | None:
     """Peak RSS of a method's first meta-iteration above the RSS before it, in a fresh process (in this one
     the allocator keeps what earlier methods freed)."""
@@ -270,12 +280,7 @@ def measure(name: str, args) -> list[dict]:
                         "method": method if chosen is None else f"{method} → {chosen}",
                         "peak_mb": peak_mb(name, method if chosen is None else path_of(chosen), args.threads),
                         "gflop": gflop}
-    repeats = 3 if args.quick else 5
-    loads = []
-    for _ in range(repeats):  # interleaved: one block of every method per round
-        for runner in runners.values():
-            runner.block(args.seconds / repeats)
-        loads.append(os.getloadavg()[0])
+    loads = interleave(runners, args.seconds, 3 if args.quick else 5)
     l2l = runners.get("learn2learn")
     for method, runner in runners.items():
         ms = statistics.median(runner.ms)
