@@ -153,7 +153,7 @@ def method_env(name: str, env: TaskEnv) -> TaskEnv:
 
 def build_policies(config: RLConfig, env: TaskEnv) -> dict[str, GaussianPolicy]:
     torch.manual_seed(config.seed)
-    policies = {name: GaussianPolicy(env.obs_dim, env.act_dim, config.hidden) for name in METHODS}
+    policies = {name: new_policy(config, env) for name in METHODS}
     if config.oracle:  # drawn after the others, which stay as they were without it
         policies["oracle"] = new_policy(config, method_env("oracle", env))
     return policies

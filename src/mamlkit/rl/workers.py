@@ -56,24 +56,22 @@ class WorkerTasks:
 
     def reset(self, tasks: Tensor, per_task: int, generator: torch.Generator) -> Tensor:
         seeds = self.local.draw_seeds(tasks.shape[0] * per_task, generator)
-        self.shares = np.array_split(np.arange(tasks.shape[0]), len(self.connections))
-        for connection, share in zip(self.connections, self.shares):
-            if len(share):
-                connection.send(("reset", tasks[share], per_task, seeds[share[0] * per_task:(share[-1] + 1) * per_task]))
-        return torch.cat([torch.from_numpy(c.recv()) for c, share in zip(self.connections, self.shares) if len(share)])
+        shares = np.array_split(np.arange(tasks.shape[0]), len(self.connections))
+        self.busy = [(c, share) for c, share in zip(self.connections, shares) if len(share)]  # workers with tasks
+        for connection, share in self.busy:
+            connection.send(("reset", tasks[share], per_task, seeds[share[0] * per_task:(share[-1] + 1) * per_task]))
+        return torch.cat([torch.from_numpy(connection.recv()) for connection, _ in self.busy])
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        busy = [(c, share) for c, share in zip(self.connections, self.shares) if len(share)]
-        for connection, share in busy:
+        for connection, share in self.busy:
             connection.send(("step", actions[share].detach()))
-        parts = [connection.recv() for connection, _ in busy]
+        parts = [connection.recv() for connection, _ in self.busy]
         return tuple(torch.cat([torch.from_numpy(part[i]) for part in parts]) for i in range(3))
 
     def successes(self) -> Tensor:
-        busy = [c for c, share in zip(self.connections, self.shares) if len(share)]
-        for connection in busy:
+        for connection, _ in self.busy:
             connection.send(("successes",))
-        return torch.cat([torch.from_numpy(connection.recv()) for connection in busy])
+        return torch.cat([torch.from_numpy(connection.recv()) for connection, _ in self.busy])
 
     def close(self) -> None:
         for connection, process in zip(self.connections, self.processes):
