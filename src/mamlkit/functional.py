@@ -1,14 +1,7 @@
-"""MAML's inner loop as pure functions over parameter dicts.
-
-Everything here takes parameters explicitly, so the same code runs for one task, under ``vmap``
-over a meta-batch, and under ``torch.compile``. Second order and first order differ only in
-whether the inner gradient stays in the graph.
-
-The variants are fields of ``InnerLoop`` and arguments of the same loop: a learning rate may be a
-number, a per-parameter mapping (Meta-SGD) or a function of the step (MAML++'s per-step rates);
-``at(s)`` gives the forward for the parameters after s steps (per-step BatchNorm); ``step_weights``
-turns the query loss into MAML++'s weighted multi-step loss; ``checkpoint`` recomputes each inner
-step in the backward pass instead of storing its graph.
+"""MAML's inner loop as pure functions over parameter dicts, so the same code runs for one task, under
+``vmap`` and under ``torch.compile``. First order differs only in a detached inner gradient; the
+variants are fields of ``InnerLoop`` (a rate per parameter or per step, a forward per step for
+per-step BatchNorm, checkpointed steps) and ``step_weights`` (MAML++'s multi-step loss).
 """
 
 from dataclasses import dataclass
@@ -40,8 +33,8 @@ def func_gradient(loss_of: Callable[[Params], Tensor], params: Params, create_gr
 
 
 def autograd_gradient(loss_of: Callable[[Params], Tensor], params: Params, create_graph: bool) -> Params:
-    """Gradient with ``torch.autograd.grad``: works for models no functorch transform can take
-    (in-place buffer updates such as BatchNorm running statistics, data-dependent Python)."""
+    """Gradient with ``torch.autograd.grad``, for models no functorch transform can take (in-place
+    buffer updates such as BatchNorm running statistics, data-dependent Python)."""
     with torch.enable_grad():
         # Parameters outside any outer graph (evaluation) become fresh leaves to differentiate.
         params = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in params.items()}
@@ -71,12 +64,8 @@ def inner_step(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: 
 
 def checkpointed_inner_step(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor, lr,
                             first_order: bool, gradient: Gradient) -> Params:
-    """``inner_step`` whose graph is dropped after the forward pass and rebuilt during backward.
-
-    Only the step's input parameters are kept, so memory no longer grows with the step's
-    activations. ``torch.utils.checkpoint`` needs saved-tensor hooks, which ``torch.func.grad``
-    refuses in torch 2.13: use it with ``autograd_gradient`` (the task loop), not under vmap.
-    """
+    """``inner_step`` keeping only its input parameters, its graph rebuilt during backward (with
+    ``autograd_gradient`` only: ``torch.func.grad`` refuses checkpoint's saved-tensor hooks in torch 2.13)."""
     names = list(params)
 
     def step(*values):
@@ -105,11 +94,8 @@ def last(items: Iterator):
 
 def query_loss(loop: InnerLoop, path: Iterator[Params], query_x: Tensor, query_y: Tensor,
                step_weights: Tensor | None = None) -> Tensor:
-    """One task's contribution to the meta-objective: the query loss at the end of ``path``
-    (θ_0, θ_1, ..., from ``trajectory``), run with the forward ``loop.at(s)`` of its step s.
-
-    With ``step_weights`` ([steps]) it is MAML++'s multi-step loss Σ_s w[s-1] L_query(θ_s), s = 1..steps.
-    """
+    """One task's meta-objective: the query loss at the end of ``path`` (θ_0, θ_1, ...), or with ``step_weights``
+    MAML++'s multi-step loss Σ_s w[s-1] L_query(θ_s), s = 1..steps."""
     if step_weights is None:
         s, params = last(enumerate(path))
         return loop.loss_fn(loop.at(s)(params, query_x), query_y)

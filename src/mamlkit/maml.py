@@ -1,6 +1,5 @@
 """The public MAML module: any ``nn.Module`` plus a loss becomes a meta-learner."""
 
-import warnings
 from functools import partial
 from typing import Mapping, Sequence
 
@@ -18,9 +17,9 @@ from mamlkit.rates import LearnedRates
 from mamlkit.selection import ParameterSelection
 from mamlkit.strategies import Strategy
 
-RATE_PREFIX = "inner_lr."  # learned rates in named_parameters() / state_dict(): "inner_lr.<parameter name>"
-# (attribute prefix, public prefix) of state_dict keys and parameter names: the model's own keys stay
-# unprefixed, so a MAML checkpoint is a model checkpoint plus rates (and MAML++'s counter).
+# (attribute prefix, public prefix) of state_dict keys and parameter names: the model's keys stay its own,
+# so a MAML checkpoint is a model checkpoint plus "inner_lr.<name>" rates (and MAML++'s counter).
+RATE_PREFIX = "inner_lr."
 PUBLIC = (("rates.", RATE_PREFIX), ("schedule.", "mamlpp."), ("model.", ""))
 INTERNAL = tuple((public, inner) for inner, public in PUBLIC)
 
@@ -43,10 +42,9 @@ def _rename_keys(module, state: dict, prefix: str, *hook_args, pairs) -> None:
 class MAML(nn.Module):
     """Model-Agnostic Meta-Learning around an unmodified ``nn.Module``.
 
-    The module's parameters (plus any learned inner learning rates) are the meta-parameters:
-    ``meta_loss`` (also ``maml(*batch)``) returns the mean query loss after ``inner_steps`` steps of
-    gradient descent on each task's support set, differentiable with respect to ``maml.parameters()``,
-    so any ``torch.optim`` optimizer over ``maml.parameters()`` performs the meta-update.
+    ``meta_loss`` (also ``maml(*batch)``) is the mean query loss after ``inner_steps`` gradient steps on
+    each task's support set, differentiable in ``maml.parameters()`` (the model's, plus learned rates),
+    so any ``torch.optim`` optimizer over them performs the meta-update.
 
     Args:
         model: any module; parameters with ``requires_grad=False`` are used but not adapted, buffers
@@ -56,27 +54,22 @@ class MAML(nn.Module):
         inner_steps: inner steps during meta-training.
         eval_inner_steps: inner steps for ``evaluate``/``adapt`` (defaults to ``inner_steps``).
         first_order: drop second derivatives (stop the gradient through the inner gradient).
-        batching: ``"vmap"`` runs the meta-batch as one vectorised call, ``"loop"`` one task at a
-            time with plain autograd, ``"auto"`` picks vmap unless the model cannot take it (then
-            warns once and loops); in ``meta_backward``, ``"auto"`` times vmap over all tasks, vmap in
-            chunks of 1/2, 1/4, 1/8 of them and the loop on the first meta-iterations and keeps the
-            fastest (``maml.mapping.report()``).
+        batching: ``"vmap"`` (one vectorised call), ``"loop"`` (task by task, plain autograd) or
+            ``"auto"``: vmap unless the model cannot take it; ``meta_backward`` times vmap, vmap in
+            chunks and the loop on the first calls and keeps the fastest (``maml.mapping.report()``).
         compile: ``torch.compile`` the meta-gradient computed by ``meta_backward`` (vmap only).
         learn_lr: ``"metasgd"`` learns one rate per parameter element (Meta-SGD, Li et al. 2017),
             ``"lslr"`` one rate per parameter tensor and inner step (MAML++'s LSLR; steps beyond
             ``inner_steps`` reuse the last step's rates); ``None`` keeps α fixed.
         adapt_only: fnmatch pattern(s) of the parameter names the inner loop adapts (ANIL, Raghu
             et al. 2020: e.g. ``"head.*"``); the others are meta-learned but fixed within a task.
-        checkpoint_inner: recompute each inner step during the backward pass instead of storing
-            its graph, so memory grows by one copy of the adapted parameters per step instead of
-            the step's activations; ``meta_backward`` then also back-propagates task by task. Uses
-            ``torch.utils.checkpoint``, which does not compose with vmap/``torch.func.grad`` in
-            torch 2.13: with ``batching="auto"`` tasks run in a Python loop (one warning).
-        meta_batch_chunk: ``meta_backward`` back-propagates this many tasks at a time, so only one chunk's
-            graph is in memory (the gradient is the same); None: all at once, or under ``"auto"`` the timed choice.
-        check_finite: refuse NaN/inf in task data, adapted weights and evaluation metrics with a
-            ``MamlkitError`` (one device sync per call; ``False`` skips the checks). The meta-loss is
-            returned as it is: the training loop reports a diverged loss with its iteration.
+        checkpoint_inner: recompute each inner step in the backward pass instead of storing its
+            graph (memory per step: one copy of the parameters, not its activations); tasks then run
+            in a loop, as ``torch.utils.checkpoint`` does not compose with vmap in torch 2.13.
+        meta_batch_chunk: ``meta_backward`` back-propagates this many tasks at a time (same gradient,
+            one chunk's graph in memory); None: all, or under ``"auto"`` the timed choice.
+        check_finite: refuse NaN/inf in task data, adapted weights and evaluation metrics (one device
+            sync per call). The meta-loss is returned as it is: training reports its divergence.
         strategy: how the meta-gradient is formed (the algorithm families pass theirs).
 
     A family refuses, in ``does_not_take``, the options that do not apply to it, each with the reason.
@@ -117,9 +110,6 @@ class MAML(nn.Module):
         self._checked_dtypes = set()
         self.register_state_dict_post_hook(partial(_rename_keys, pairs=PUBLIC))
         self.register_load_state_dict_pre_hook(partial(_rename_keys, pairs=INTERNAL))
-        if self.checkpoint_inner and batching == "auto":
-            warnings.warn("mamlkit: checkpoint_inner=True: torch.utils.checkpoint does not compose with vmap in "
-                          "torch 2.13, so tasks run in a Python loop", stacklevel=2)
 
     # -- meta-parameters and state --------------------------------------------------------
     @property
@@ -128,7 +118,7 @@ class MAML(nn.Module):
         return dict(self.rates.named_parameters())
 
     def parameters_to_adapt(self) -> fn.Params:
-        """θ: the trainable parameters the inner loop adapts, by name (tied parameters appear once)."""
+        """θ: the parameters the inner loop adapts, by name (tied ones once)."""
         return self.selection.adapted()
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
@@ -198,22 +188,18 @@ class MAML(nn.Module):
         return value
 
     # -- meta-training --------------------------------------------------------------------
-    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
-        """``meta_loss``: calling the module (also inside DistributedDataParallel) gives the meta-objective."""
-        return self.meta_loss(support_x, support_y, query_x, query_y)
-
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
-        """Mean post-adaptation query loss over the meta-batch (tensors ``[T, n, ...]``)."""
+        """Mean post-adaptation query loss over the meta-batch (tensors ``[T, n, ...]``); also ``maml(*batch)``,
+        so it runs inside DistributedDataParallel."""
         batch = self._check_batch(support_x, support_y, query_x, query_y)
         self.rates.project()
         return self.strategy.meta_loss(self, batch)
 
+    forward = meta_loss
+
     def meta_backward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Accumulate the meta-gradient into ``.grad`` of ``maml.parameters()``; return the mean query loss.
-
-        For differentiable families the same gradient as ``meta_loss(...).backward()`` (``compile=True``:
-        through a compiled ``torch.func.grad_and_value``; ``checkpoint_inner=True``: task by task).
-        """
+        For differentiable families the gradient of ``meta_loss`` (the strategy says how it is formed)."""
         batch = self._check_batch(support_x, support_y, query_x, query_y)
         self.rates.project()
         return self.strategy.meta_backward(self, batch)
@@ -231,11 +217,8 @@ class MAML(nn.Module):
         return self._finite(adapted, "the adapted parameters")
 
     def predict(self, x: Tensor, params: Mapping[str, Tensor] | None = None, step: int | None = None) -> Tensor:
-        """Run the model on ``x`` with ``params`` (e.g. from ``adapt``) in place of its own.
-
-        ``step`` (per-step BatchNorm only) is how many inner steps produced ``params``: by default
-        ``eval_inner_steps`` when ``params`` are given, else 0.
-        """
+        """The model on ``x`` with ``params`` (e.g. from ``adapt``) in place of its own; ``step`` (per-step
+        BatchNorm) is how many inner steps produced them: by default ``eval_inner_steps``, 0 without params."""
         if params is None and self.strategy.excluded:
             raise MamlkitError(f"{type(self).__name__} builds part of the model from a support set: pass "
                                f"params=maml.adapt(x, y)")
@@ -247,11 +230,8 @@ class MAML(nn.Module):
     def evaluate(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                  steps: int | None = None, metrics: Mapping | None = None,
                  chunk_size: int | None = None) -> dict[str, Tensor]:
-        """Query metrics before and after every inner step, per task: ``{name: [T, steps + 1]}``.
-
-        ``metrics`` maps names to ``metric(prediction, target) -> scalar`` (default: the loss).
-        Tasks run in chunks of ``chunk_size`` to bound memory.
-        """
+        """Query metrics before and after every inner step, per task: ``{name: [T, steps + 1]}``; ``metrics``
+        maps names to ``metric(prediction, target) -> scalar`` (default: the loss); ``chunk_size`` bounds memory."""
         batch, steps = self._check_batch(support_x, support_y, query_x, query_y), self._steps(steps)
         metrics = dict(metrics or {"loss": self.loss_fn})
         loop = self.inner_loop(self.selection.constants(), {n: r.detach() for n, r in self.inner_lrs.items()})

@@ -6,7 +6,6 @@ The seam for other mappings is ``TaskMapping``: its callers only pass a per-task
 """
 
 import math
-import time
 import warnings
 from functools import partial
 
@@ -19,7 +18,7 @@ from mamlkit.chunked import backward_in_chunks
 from mamlkit.errors import MamlkitError
 from mamlkit.exact_norm import ExactNormalization
 from mamlkit.models.per_step_bn import PerStepBatchNorm
-from mamlkit.timed_choice import TimedChoice
+from mamlkit.timed_choice import TimedChoice, synchronized_clock
 
 BATCHING = ("auto", "vmap", "loop")
 
@@ -45,15 +44,6 @@ def running_stats_module(model: nn.Module) -> str | None:
     return None
 
 
-def synchronized_clock(device: torch.device):
-    """``time.perf_counter`` after the device's queued work is done (a CUDA call returns before)."""
-    def now() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-    return now
-
-
 class TaskMapping:
     """vmap or loop for ``model``; ``auto`` falls back to the loop (warning once) when vmap fails.
 
@@ -69,6 +59,9 @@ class TaskMapping:
         if checkpoint_inner and batching == "vmap":
             raise MamlkitError("checkpoint_inner=True runs tasks in a Python loop (torch.utils.checkpoint does "
                                "not compose with vmap in torch 2.13); use batching='auto' or 'loop' and compile=False")
+        if checkpoint_inner and batching == "auto":
+            warnings.warn("mamlkit: checkpoint_inner=True: torch.utils.checkpoint does not compose with vmap in "
+                          "torch 2.13, so tasks run in a Python loop", stacklevel=3)
         self.meta_batch_chunk = None if meta_batch_chunk is None else check_count(meta_batch_chunk, "meta_batch_chunk")
         self.model, self.batching, self.checkpoint_inner, self.vmap_failed = model, batching, checkpoint_inner, False
         self.choice: TimedChoice | None = None  # auto, in training: made on the first backward

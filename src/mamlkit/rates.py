@@ -39,8 +39,8 @@ class LearnedRates(nn.Module):
         return owner
 
     def schedule(self, rates: dict[str, Tensor] | None = None):
-        """The inner ``lr`` for functional.py: α, the Meta-SGD mapping, or LSLR's function of the step
-        (steps beyond the trained ones reuse the last rates); ``rates`` replace the learned tensors."""
+        """The inner ``lr``: α, Meta-SGD's mapping, or LSLR's function of the step (later steps reuse the
+        last rates); ``rates`` replace the learned tensors."""
         rates = dict(self.named_parameters()) if rates is None else rates
         if self.kind == "metasgd":
             return dict(rates)
@@ -50,13 +50,11 @@ class LearnedRates(nn.Module):
 
     @torch.no_grad()
     def project(self) -> None:
-        """Set LSLR rates that the last meta-update pushed below zero to zero (projected gradient descent).
+        """Project LSLR rates the last meta-update pushed below zero back to zero.
 
-        A negative step size turns inner steps into ascent, which compounds over the steps (MAML++
-        on the sinusoid: rates of -0.3 within 1,000 iterations, the loss at 1e23 by 2,750). Clamping
-        only where the rates are used would leave such a rate with zero gradient forever; projecting
-        the parameter lets the next meta-gradient move it up again. Meta-SGD keeps signed rates
-        (its paper learns update directions).
+        A negative step is ascent, compounding over the steps (MAML++ on the sinusoid: rates of -0.3
+        within 1,000 iterations, loss 1e23 by 2,750); clamping only where used would leave the rate
+        with zero gradient forever. Meta-SGD keeps signed rates (its paper learns directions).
         """
         if self.kind == "lslr":
             for rate in self.parameters():

@@ -1,9 +1,6 @@
-"""How a family forms the meta-gradient, over the pure inner loop of functional.py.
-
-A strategy says which path a task's inner loop takes (gradient steps from θ, or from θ plus a
-prototype head, or steps on a proximal problem) and how ``meta_backward`` turns the tasks into
-``.grad`` (autograd through the unrolled loop, θ − φ, an implicit solve). ``MAML`` owns everything
-else: parameters, rates, task mapping, checks, ``adapt``/``predict``/``evaluate``.
+"""How a family forms the meta-gradient, over the pure inner loop of functional.py: which path a
+task's inner loop takes (from θ, from θ plus a prototype head, on a proximal problem) and how
+``meta_backward`` turns the tasks into ``.grad`` (autograd through the loop, θ − φ, an implicit solve).
 """
 
 from functools import partial
@@ -26,16 +23,15 @@ NOT_A_GRADIENT = {
 
 
 def accumulate_grad(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
-    """Add ``grads`` into ``.grad`` as ``backward()`` would, so ``optimizer.step()`` applies them
-    (cloned: a gradient may be a view into a buffer shared by all parameters)."""
+    """Add ``grads`` into ``.grad`` as ``backward()`` would (cloned: a gradient may view a shared buffer)."""
     for name, p in tensors.items():
         g = grads[name].detach()
         p.grad = g.clone() if p.grad is None else p.grad + g
 
 
 class Strategy:
-    """The unrolled inner loop, differentiated by autograd: second order, or first order when the
-    inner gradient is detached (``first_order``). Other families override what differs."""
+    """The unrolled inner loop, differentiated by autograd (first order: the inner gradient detached).
+    Other families override what differs."""
 
     excluded: tuple[str, ...] = ()  # parameters rebuilt per task (ProtoMAML's head): predicting needs a support set
 
@@ -71,9 +67,8 @@ class Strategy:
                               map_tasks=maml.mapping, rates=None, first_order=first_order, step_weights=step_weights)
 
     def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
-        """``meta_loss(...).backward()``; with ``checkpoint_inner`` task by task (one task's chain of
-        stored parameters alive at a time), with ``compile`` through a compiled ``grad_and_value``,
-        else as the task mapping chooses (in chunks of tasks, on the fastest path)."""
+        """``meta_loss(...).backward()``: task by task with ``checkpoint_inner``, through a compiled
+        ``grad_and_value`` with ``compile``, else as the task mapping chooses."""
         def mean_loss(*tasks):
             return self.meta_loss(maml, tasks)
 
@@ -96,8 +91,7 @@ class Strategy:
         return loss.detach()
 
     def meta_inputs(self, maml) -> tuple[dict[str, fn.Params], fn.Params]:
-        """``meta_objective``'s meta-parameters by group (adapted, trainable but fixed in the inner loop,
-        learned rates) and its constants (frozen parameters, buffers)."""
+        """``meta_objective``'s meta-parameters by group (adapted, fixed in the inner loop, rates) and constants."""
         meta = {"params": maml.parameters_to_adapt(), "fixed": maml.selection.fixed_trainable(),
                 "rates": maml.inner_lrs}
         return meta, {n: t for n, t in maml.selection.constants().items() if n not in meta["fixed"]}
@@ -110,9 +104,8 @@ class Strategy:
 
 
 class NotALoss(Strategy):
-    """A family whose update is not the gradient of a loss graph (Reptile, iMAML): its
-    ``task_update(maml, loop, θ, gradient, *task)`` gives each task's direction for θ and query loss,
-    and ``meta_backward`` adds their mean into ``.grad``. Its variants refuse ``NOT_A_GRADIENT``."""
+    """A family whose update is not the gradient of a loss (Reptile, iMAML): ``meta_backward`` adds the mean of
+    ``task_update(maml, loop, θ, gradient, *task)``'s directions into ``.grad``."""
 
     def meta_loss(self, maml, batch):
         raise MamlkitError(f"{type(maml).__name__}'s update is not the gradient of a loss; call meta_backward(...) "
@@ -120,8 +113,7 @@ class NotALoss(Strategy):
 
     @torch.no_grad()
     def meta_backward(self, maml, batch: tuple[Tensor, ...]) -> Tensor:
-        """The task mapping maps functions returning one tensor, so a task's direction and loss travel
-        as one flat vector; ``meta_batch_chunk`` tasks at a time bound the memory."""
+        """A task's direction and loss travel as one flat vector (the task mapping maps one tensor)."""
         theta = {name: p.detach() for name, p in maml.parameters_to_adapt().items()}
         loop = maml.inner_loop(maml.selection.constants())
 

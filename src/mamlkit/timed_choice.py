@@ -12,6 +12,8 @@ import statistics
 import time
 from typing import Callable
 
+import torch
+
 from mamlkit.errors import MamlkitError
 
 
@@ -58,3 +60,12 @@ class TimedChoice:
         """What was timed and chosen, for the run folder: ``{"chosen", "ms": {name: [ms, ...]}}``."""
         return {"chosen": self.chosen, "ms": {name: [round(s * 1e3, 3) for s in times]
                                               for name, times in self.seconds.items()}}
+
+
+def synchronized_clock(device: torch.device):
+    """``time.perf_counter`` after the device's queued work is done (a CUDA call returns before)."""
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return now

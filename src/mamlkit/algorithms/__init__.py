@@ -5,7 +5,6 @@ benchmarks pick a variant with a string; the options are MAML's keyword argument
 own, less those that do not apply to it (its ``does_not_take``, refused with the reason).
 """
 
-import ast
 import inspect
 from functools import partial
 from typing import Callable, Literal, Sequence
@@ -18,7 +17,6 @@ from mamlkit.algorithms.protomaml import ProtoMAML
 from mamlkit.algorithms.reptile import Reptile
 from mamlkit.errors import MamlkitError
 from mamlkit.maml import MAML
-
 
 
 def head_patterns(model: nn.Module) -> list[str]:
@@ -52,42 +50,22 @@ ALGORITHMS: dict[str, Callable[..., MAML]] = {
 AlgorithmName = Literal[tuple(ALGORITHMS)]  # for config fields: the CLI lists and checks these names
 
 
+def _keywords(name: str) -> set[str]:
+    """The keywords the factory ``name`` or MAML's constructor declare."""
+    return {*inspect.signature(ALGORITHMS[name]).parameters, *inspect.signature(MAML).parameters}
+
+
 def accepts(name: str, option: str) -> bool:
     """Whether the algorithm ``name`` takes the keyword ``option`` (its own, or one of MAML's that applies)."""
-    factory = ALGORITHMS[name]
-    known = option in inspect.signature(factory).parameters or option in inspect.signature(MAML).parameters
-    return known and option not in getattr(factory, "does_not_take", {})
-
-
-def parse_options(pairs: Sequence[str]) -> dict:
-    """``("lam=2.0", "head=classifier")`` -> ``{"lam": 2.0, "head": "classifier"}``: the CLI's
-    ``--algo-options``; values are Python literals where they parse, strings otherwise."""
-    options = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise MamlkitError(f"algorithm option {pair!r} is not KEY=VALUE; e.g. --algo-options lam=2.0 cg_steps=5")
-        try:
-            options[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            options[key] = text
-    return options
+    return option in _keywords(name) and option not in getattr(ALGORITHMS[name], "does_not_take", {})
 
 
 def build_algorithm(name: str, model: nn.Module, loss_fn, **options) -> MAML:
-    """The meta-learner ``name`` (a key of ``ALGORITHMS``) around ``model``."""
+    """The meta-learner ``name`` (a key of ``ALGORITHMS``) around ``model``; a refused option is MAML's one-line error."""
     if name not in ALGORITHMS:
         raise MamlkitError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
-    unknown = set(options) - {*inspect.signature(ALGORITHMS[name]).parameters, *inspect.signature(MAML).parameters}
+    unknown = set(options) - _keywords(name)
     if unknown:
         raise MamlkitError(f"bad options for algorithm {name!r}: it has no option {', '.join(sorted(unknown))}; "
                            f"see docs/algorithms.md")
     return ALGORITHMS[name](model, loss_fn, **options)
-
-
-def from_settings(name: str, model: nn.Module, loss_fn, options: Sequence[str] = (), **settings) -> MAML:
-    """``build_algorithm`` from an experiment's config: switches that are off (``False``) are left
-    out, so algorithms without them still build, while one that is on but unsupported (say
-    ``first_order`` for Reptile) is a one-line error; ``options`` are ``--algo-options`` pairs."""
-    settings = {key: value for key, value in settings.items() if value is not False}
-    return build_algorithm(name, model, loss_fn, **settings, **parse_options(options))

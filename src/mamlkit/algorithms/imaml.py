@@ -1,17 +1,13 @@
 """iMAML (Rajeswaran, Finn, Kakade & Levine 2019): the implicit meta-gradient of a proximal inner loop.
 
-Each task adapts by minimising L_support(φ) + λ/2 ‖φ − θ‖² from φ = θ. At a minimum φ*,
-dφ*/dθ = (I + H/λ)⁻¹ with H = ∇²L_support(φ*), so the task's meta-gradient is
-(I + H/λ)⁻¹ ∇L_query(φ*), whatever path the inner optimiser took: memory does not grow with the
-number of inner steps. The linear system is solved by conjugate gradient on Hessian-vector
-products, never forming H.
+Each task minimises L_support(φ) + λ/2 ‖φ − θ‖² from φ = θ. At a minimum φ*, dφ*/dθ = (I + H/λ)⁻¹
+(H = ∇²L_support(φ*)), whatever path the inner optimiser took, so memory does not grow with the
+inner steps; the system is solved by conjugate gradient on Hessian-vector products.
 
-A few gradient steps do not reach φ*: where the support loss is flat, the steps have barely moved
-φ away from θ, and there dφ/dθ is near I, not (I + H/λ)⁻¹. The meta-gradient adds that unsolved
-part: k steps of sizes α_s from θ on a quadratic support loss give exactly
-dφ_k/dθ = P + (I + H/λ)⁻¹ (I − P), P = Π_s (I − α_s (H + λI)), so the task's meta-gradient is
-P g + (I + H/λ)⁻¹ (g − P g) with g = ∇L_query(φ_k) and H at φ_k (k more Hessian-vector
-products). P vanishes as the steps solve the inner problem, leaving the implicit gradient.
+A few steps do not reach φ*: where the support loss is flat they barely move φ, and dφ/dθ is near I.
+k steps of sizes α_s on a quadratic support loss give exactly dφ_k/dθ = P + (I + H/λ)⁻¹ (I − P),
+P = Π_s (I − α_s (H + λI)), so the task's meta-gradient is P g + (I + H/λ)⁻¹ (g − P g),
+g = ∇L_query(φ_k), H at φ_k. P vanishes as the steps solve the inner problem.
 """
 
 import math
@@ -32,8 +28,7 @@ SUFFICIENT_DECREASE = 1e-4  # Armijo's constant (Nocedal & Wright 3.1): a consta
 
 def hessian_vector_product(loss_of: Callable[[fn.Params], Tensor], params: fn.Params,
                            gradient: fn.Gradient) -> Callable[[fn.Params], fn.Params]:
-    """v ↦ ∇²loss(params) v. The gradient's graph is built once and each product is one pass back
-    through it (H is symmetric, so the vector-Jacobian product of the gradient is Hv)."""
+    """v ↦ ∇²loss(params) v: the gradient's graph built once, each product one pass back through it (H = Hᵀ)."""
     if gradient is fn.func_gradient:
         _, vjp = torch.func.vjp(torch.func.grad(loss_of), params)
         return lambda v: vjp(v)[0]
@@ -67,17 +62,13 @@ class Implicit(NotALoss):
 
     def descent(self, loop: fn.InnerLoop, theta: fn.Params, x: Tensor, y: Tensor, steps: int,
                 gradient: fn.Gradient) -> Iterator[tuple[fn.Params, Tensor]]:
-        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = θ, without a graph, safeguarded;
-        yields each φ_s with the step size that led to it (0 where the step was refused, and at s = 0).
+        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = θ, without a graph; yields each φ_s with
+        the step size that led to it (0 where refused, and at s = 0).
 
-        A step of size α is taken only if it decreases F by at least 1e-4 α ‖∇F‖² (Armijo's
-        sufficient decrease with its usual constant: about every α below 2/curvature passes; up to rounding,
-        so that steps near the minimum are not refused for changes below it); otherwise φ stays and
-        this task's α halves. Plain gradient
-        descent with a fixed α diverges once meta-training sharpens the support loss beyond 2/α − λ,
-        and nothing in the implicit meta-gradient sees or opposes that (it assumes φ solves the
-        inner problem, whatever the path). The test and the halving are masks, so tasks keep their
-        own α under vmap.
+        A step is taken only if it decreases F by 1e-4 α ‖∇F‖² (Armijo; up to rounding near the
+        minimum), else φ stays and the task's α halves: with a fixed α, descent diverges once
+        meta-training sharpens the support loss beyond 2/α − λ, which the implicit gradient cannot
+        see. The test and the halving are masks, so tasks keep their own α under vmap.
         """
         theta = phi = {n: p.detach() for n, p in theta.items()}
 

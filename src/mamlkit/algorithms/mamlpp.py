@@ -1,8 +1,7 @@
 """MAML++ (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019), each trick a switch.
 
-Schedules count meta-iterations: each ``meta_backward`` call is one (when you call ``meta_loss``
-yourself, add 1 to ``maml.iteration`` after each meta-update); an epoch is
-``iterations_per_epoch`` of them (500 in the paper). ``iteration`` is saved in ``state_dict()``.
+Schedules count meta-iterations, one per ``meta_backward`` (with ``meta_loss``, add 1 to
+``maml.iteration`` yourself), ``iterations_per_epoch`` per epoch; ``state_dict()`` saves the count.
 """
 
 import torch
@@ -27,17 +26,15 @@ class MAMLPlusPlus(MAML):
 
     Args (beyond ``MAML``'s):
         learn_lr: default ``"lslr"``, one learned rate per parameter tensor and inner step (LSLR).
-        multi_step_loss: the meta-objective is Σ_s v_s L_query(θ_s) over the inner steps while
-            ``epoch < msl_epochs``, the importance vector v annealed from uniform toward the last step
-            (non-final weights never below 0.03/N); then the last step's loss alone.
+        multi_step_loss: while ``epoch < msl_epochs`` the meta-objective is Σ_s v_s L_query(θ_s), v annealed
+            from uniform toward the last step (``importance_weights``); then the last step's loss.
         msl_epochs: epochs over which v anneals (paper: 10; 0: last step only).
-        per_step_bn: convert the model's BatchNorm layers in place to ``PerStepBatchNorm`` with weights,
-            biases and running statistics per inner step, ``inner_steps + 1`` sets (BNWB + BNRS; build
-            the optimizer from ``maml.parameters()`` afterwards).
-        first_order_epochs: derivative-order annealing, first order while ``epoch < first_order_epochs`` (paper: 50).
+        per_step_bn: turn the model's BatchNorms, in place, into ``PerStepBatchNorm`` with weights, biases and
+            running statistics per inner step (BNWB + BNRS; build the optimizer afterwards).
+        first_order_epochs: first order while ``epoch < first_order_epochs`` (paper: 50).
         cosine_iterations: cosine annealing of the meta learning rate to ``min_meta_lr`` over this many
-            meta-iterations (None: off; ``maml.lr_scheduler(optimizer)`` returns the scheduler).
-        iterations_per_epoch: meta-iterations per epoch for the epoch-based schedules.
+            meta-iterations (None: off; ``maml.lr_scheduler(optimizer)``).
+        iterations_per_epoch: meta-iterations per epoch (paper: 500).
     """
 
     def __init__(self, model: nn.Module, loss_fn, inner_lr: float, inner_steps: int = 5, *,
@@ -73,8 +70,7 @@ class MAMLPlusPlus(MAML):
         return self.iteration // self.iterations_per_epoch
 
     def training_options(self) -> tuple[bool, Tensor | None]:
-        """First order during the first ``first_order_epochs`` (or always with ``first_order``); the
-        importance weights while the multi-step loss is on."""
+        """First order during the first ``first_order_epochs``; importance weights while the multi-step loss is on."""
         first_order = self.first_order or self.epoch < self.first_order_epochs
         if not self.multi_step_loss or self.epoch >= self.msl_epochs or self.inner_steps < 2:
             return first_order, None
@@ -89,8 +85,7 @@ class MAMLPlusPlus(MAML):
         return loss
 
     def lr_scheduler(self, optimizer: torch.optim.Optimizer):
-        """Cosine annealing from the optimizer's learning rate to ``min_meta_lr`` over
-        ``cosine_iterations`` meta-iterations, or None when that switch is off."""
+        """Cosine annealing to ``min_meta_lr`` over ``cosine_iterations``, or None when that switch is off."""
         if self.cosine_iterations is None:
             return None
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.cosine_iterations,

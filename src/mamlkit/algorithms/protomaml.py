@@ -1,11 +1,9 @@
 """ProtoMAML (Triantafillou et al. 2020): MAML whose linear head starts each task as a prototype classifier.
 
-For each task, the support embeddings z (the input of the final ``nn.Linear``) give class
-prototypes c_k = mean of z over class k, and the head starts at W_k = 2c_k, b_k = −‖c_k‖², so
-its logits 2c_k·z − ‖c_k‖² = −‖z − c_k‖² + ‖z‖² are the prototypical network's before any
-step. The inner loop then adapts body and head as MAML does. The head's initial weights are a
-function of θ, so the meta-gradient flows through the prototypes into the body, in second order
-and in first order (which only drops the inner loop's second derivatives: fo-Proto-MAML). The
+The support embeddings z (the final ``nn.Linear``'s input) give class prototypes c_k, and the head
+starts at W_k = 2c_k, b_k = −‖c_k‖²: logits −‖z − c_k‖² + ‖z‖², the prototypical network's. The inner
+loop then adapts body and head as MAML does. The head's start is a function of θ, so the
+meta-gradient flows through the prototypes into the body, also in first order (fo-Proto-MAML). The
 module's own head weights are never used; its shape fixes the number of ways.
 """
 
@@ -78,12 +76,8 @@ class PrototypeHead(Strategy):
         return seen["input"]
 
     def start(self, loop: fn.InnerLoop, params: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
-        """θ plus the prototype head of this task's support set.
-
-        The body enters as fresh views of θ: the inner gradient must be the partial derivative in
-        the body with the head held fixed, but autograd's gradient with respect to θ itself would
-        also run through the prototypes (the head is a function of θ).
-        """
+        """θ plus the support set's prototype head; the body as fresh views of θ, so the inner gradient is
+        the partial derivative with the head held fixed (not also through the prototypes)."""
         weight, bias = prototype_head(self._embed(loop, params, x), y, self.head.out_features)
         return {**{n: p.view_as(p) for n, p in params.items()}, self.excluded[0]: weight, self.excluded[1]: bias}
 
@@ -106,12 +100,11 @@ class ProtoMAML(MAML):
     """ProtoMAML around an unmodified classifier whose last operation is a linear head.
 
     Args (beyond ``MAML``'s):
-        head: name of the final ``nn.Linear`` in ``model.named_modules()`` (default: the last one).
-            Its output must be the model's output; its ``out_features`` is the number of ways.
+        head: the final ``nn.Linear`` in ``model.named_modules()`` (default: the last one); its output is the
+            model's, its ``out_features`` the number of ways.
 
-    Labels are integers in [0, ways) and every class needs at least one support example; ``adapt``
-    returns body and head (``steps=0``: the prototype classifier), ``predict`` needs those params.
-    ``learn_lr`` learns rates for the head too (its shapes are the module head's).
+    Labels are integers in [0, ways), every class in every support set; ``adapt`` returns body and head
+    (``steps=0``: the prototype classifier) for ``predict``; ``learn_lr`` learns the head's rates too.
     """
 
     def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 1, *, head: str | None = None, **options):

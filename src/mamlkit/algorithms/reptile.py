@@ -1,9 +1,7 @@
 """Reptile (Nichol, Achiam & Schulman 2018): move θ toward the weights each task adapts to.
 
-No second derivatives and no query loss in the update: each task runs ``inner_steps`` plain SGD
-steps from θ to φ_i, and the meta-update interpolates θ ← θ + ε (mean_i φ_i − θ). ``meta_backward``
-writes ``.grad = mean_i (θ − φ_i)``, so ``torch.optim.SGD(lr=ε)`` performs exactly that update
-(ε = 1 jumps to the mean adapted weights); Adam and friends treat it as any other gradient.
+Each task runs ``inner_steps`` SGD steps from θ to φ_i; ``meta_backward`` writes ``.grad = mean_i (θ − φ_i)``,
+so ``torch.optim.SGD(lr=ε)`` is Reptile's θ ← θ + ε (mean_i φ_i − θ); Adam treats it as any gradient.
 """
 
 import torch
@@ -35,11 +33,9 @@ class Reptile(MAML):
     """Reptile around an unmodified ``nn.Module``, with MAML's other options and ``adapt``/``predict``/``evaluate``.
 
     Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s):
-        inner_steps: SGD steps per task during meta-training (k; Reptile needs k > 1 to differ
-            from joint training on all tasks).
-        inner_data: ``"support"`` adapts on the support set only (the query set just gives the
-            reported loss); ``"all"`` adapts on support and query together, as Reptile may since its
-            update never evaluates a held-out loss.
+        inner_steps: SGD steps per task (k > 1, else Reptile is joint training on all tasks).
+        inner_data: ``"support"`` adapts on the support set (the query set gives the reported loss);
+            ``"all"`` on support and query together, as Reptile's update needs no held-out loss.
     """
 
     does_not_take = NOT_A_GRADIENT

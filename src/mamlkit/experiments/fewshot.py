@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from mamlkit.algorithms import AlgorithmName, from_settings
+from mamlkit.algorithms import AlgorithmName
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_latest_checkpoint
@@ -23,6 +23,7 @@ from mamlkit.engine.distributed import Device
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
 from mamlkit.errors import MamlkitError
+from mamlkit.experiments.algorithm_settings import from_settings
 from mamlkit.maml import MAML
 from mamlkit.models.conv import miniimagenet_conv, omniglot_conv, omniglot_mlp
 from mamlkit.stats import mean_and_ci95

@@ -24,7 +24,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mamlkit.algorithms import AlgorithmName, from_settings
+from mamlkit.algorithms import AlgorithmName
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import BestCheckpoint, load_latest_checkpoint
@@ -32,6 +32,7 @@ from mamlkit.engine.distributed import Device
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
 from mamlkit.errors import MamlkitError
+from mamlkit.experiments.algorithm_settings import from_settings
 from mamlkit.experiments.fewshot import accuracy
 from mamlkit.experiments.sinusoid import JointRegression, format_table
 from mamlkit.maml import MAML

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from mamlkit.algorithms import AlgorithmName, accepts, from_settings
+from mamlkit.algorithms import AlgorithmName, accepts
 from mamlkit.checks import check_config
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import export_weights, load_latest_checkpoint
@@ -24,6 +24,7 @@ from mamlkit.engine.run import write_json
 from mamlkit.compiled_iteration import meta_learner
 from mamlkit.engine.trainer import TrainLoop
 from mamlkit.errors import MamlkitError
+from mamlkit.experiments.algorithm_settings import from_settings
 from mamlkit.maml import MAML
 from mamlkit.models.mlp import mlp
 from mamlkit.stats import mean_and_ci95
