@@ -3,8 +3,9 @@
 A table is marked in README.md by a line ``<!-- table from benchmarks/results/FOLDER -->`` before
 it and ``<!-- end of table -->`` after it; it is the run's own ``format_table`` (the table the run
 printed) applied to its ``results.json``. ``FOLDER + OTHER`` adds the rows of a companion run on the
-same test tasks (e.g. an RL oracle trained alone: ``--no-maml --no-pretrained --oracle``). ``--check`` only reports whether README.md is up to date
-(exit 1 if not; tests/test_readme_tables.py runs it).
+same test tasks (e.g. an RL oracle trained alone: ``--no-maml --no-pretrained --oracle``);
+``FOLDER:training_tasks`` shows a Meta-World run's scores on training tasks instead of held-out ones.
+``--check`` only reports whether README.md is up to date (exit 1 if not; tests/test_readme_tables.py runs it).
 
     python benchmarks/readme_tables.py [--check]
 """
@@ -16,17 +17,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKED = re.compile(r"(<!-- table from (benchmarks/results/[\w.-]+(?: \+ benchmarks/results/[\w.-]+)*) -->\n)(.*?)"
+MARKED = re.compile(r"(<!-- table from (benchmarks/results/[\w.-]+(?::training_tasks)?(?: \+ benchmarks/results/[\w.-]+)*) -->\n)(.*?)"
                     r"(<!-- end of table -->)", re.S)
 
 
-def table(folders: list[Path]) -> str:
-    """The runs' results as the first run's experiment prints them; a companion adds the rows the
-    first lacks, and must have been evaluated on the same test tasks."""
+def table(folders: list[Path], section: str | None = None) -> str:
+    """The runs' results (or their ``section``, e.g. training_tasks) as the first run's experiment prints
+    them; a companion adds the rows the first lacks, and must have been evaluated on the same test tasks."""
     from mamlkit.engine.run import saved_config
 
     _, preset, _ = saved_config(folders[0])
     runs = [json.loads((folder / "results.json").read_text()) for folder in folders]
+    runs = [run[section] for run in runs] if section else runs
     rows = dict(runs[0].get("results", runs[0]))
     for folder, run in zip(folders[1:], runs[1:]):
         if run.get("tasks") != runs[0].get("tasks"):
@@ -43,7 +45,12 @@ def markdown(text: str) -> str:
 
 
 def regenerate(readme: str) -> str:
-    return MARKED.sub(lambda m: f"{m[1]}{markdown(table([ROOT / f for f in m[2].split(' + ')]))}\n{m[4]}", readme)
+    def replacement(m) -> str:
+        first, *companions = m[2].split(" + ")
+        first, _, section = first.partition(":")
+        folders = [ROOT / f for f in (first, *companions)]
+        return f"{m[1]}{markdown(table(folders, section or None))}\n{m[4]}"
+    return MARKED.sub(replacement, readme)
 
 
 def main() -> int:
