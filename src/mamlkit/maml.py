@@ -188,14 +188,15 @@ class MAML(nn.Module):
         return value
 
     # -- meta-training --------------------------------------------------------------------
+    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
+        """``meta_loss``: calling the module (also inside DistributedDataParallel) gives the meta-objective."""
+        return self.meta_loss(support_x, support_y, query_x, query_y)
+
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
-        """Mean post-adaptation query loss over the meta-batch (tensors ``[T, n, ...]``); also ``maml(*batch)``,
-        so it runs inside DistributedDataParallel."""
+        """Mean post-adaptation query loss over the meta-batch (tensors ``[T, n, ...]``)."""
         batch = self._check_batch(support_x, support_y, query_x, query_y)
         self.rates.project()
         return self.strategy.meta_loss(self, batch)
-
-    forward = meta_loss
 
     def meta_backward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Accumulate the meta-gradient into ``.grad`` of ``maml.parameters()``; return the mean query loss.
