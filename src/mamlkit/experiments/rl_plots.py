@@ -21,35 +21,33 @@ def plot_learning_curve(run_dir: Path, path: Path) -> None:
     records = read_metrics(run_dir)
     successes = any("maml/success_post" in r for r in records)
     figure, axes = plt.subplots(1, 1 + successes, figsize=(6 * (1 + successes), 3.6), squeeze=False)
-    axis = axes[0, 0]
-    for key, learner, label, style in (
-            ("maml/return_pre", "maml", "MAML before adaptation", "--"),
-            ("maml/return_post", "maml", "MAML after one step", "-"),
-            ("pretrained/return_post", "pretrained", "pretrained", ":"),
-            ("oracle/return_post", "oracle", "oracle", "-."),
-            ("val/maml", "maml", "MAML, validation tasks (mean after 1.. steps)", "o-"),
-            ("val/pretrained", "pretrained", "pretrained, validation tasks", "s:"),
-            ("val/oracle", "oracle", "oracle, validation tasks (no step)", "^-.")):
+    plot_curves(axes[0, 0], records, "mean return (training tasks)", (
+        ("maml/return_pre", "maml", "MAML before adaptation", "--"),
+        ("maml/return_post", "maml", "MAML after one step", "-"),
+        ("pretrained/return_post", "pretrained", "pretrained", ":"),
+        ("oracle/return_post", "oracle", "oracle", "-."),
+        ("val/maml", "maml", "MAML, validation tasks (mean after 1.. steps)", "o-"),
+        ("val/pretrained", "pretrained", "pretrained, validation tasks", "s:"),
+        ("val/oracle", "oracle", "oracle, validation tasks (no step)", "^-.")))
+    if successes:
+        plot_curves(axes[0, 1], records, "success rate (training tasks)", (
+            ("maml/success_pre", "maml", "MAML before adaptation", "--"),
+            ("maml/success_post", "maml", "MAML after one step", "-"),
+            ("pretrained/success_post", "pretrained", "pretrained", ":")))
+    figure.tight_layout()
+    save_figure(figure, path)
+    plt.close(figure)
+
+
+def plot_curves(axis, records: list[dict], ylabel: str, curves) -> None:
+    """One line per ``(metric key, learner, label, style)`` that the records hold, against the iteration."""
+    for key, learner, label, style in curves:
         points = [(r["iteration"], r[key]) for r in records if key in r]
         if points:
             axis.plot(*zip(*points), style, color=COLORS[learner], lw=1, ms=3, label=label)
     axis.set_xlabel("meta-iteration")
-    axis.set_ylabel("mean return (training tasks)")
+    axis.set_ylabel(ylabel)
     axis.legend(loc="best", fontsize=8)
-    if successes:
-        axis = axes[0, 1]
-        for key, learner, label, style in (("maml/success_pre", "maml", "MAML before adaptation", "--"),
-                                           ("maml/success_post", "maml", "MAML after one step", "-"),
-                                           ("pretrained/success_post", "pretrained", "pretrained", ":")):
-            points = [(r["iteration"], r[key]) for r in records if key in r]
-            if points:
-                axis.plot(*zip(*points), style, color=COLORS[learner], lw=1, label=label)
-        axis.set_xlabel("meta-iteration")
-        axis.set_ylabel("success rate (training tasks)")
-        axis.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path)
-    plt.close(figure)
 
 
 def plot_returns_vs_steps(results: dict, env: str, path: Path, key: str = "return") -> None:
