@@ -161,15 +161,21 @@ def test_maml_inside_distributed_data_parallel_gives_the_meta_gradient(tmp_path)
     assert relative_error({n: p.grad for n, p in maml.named_parameters()}, expected) < 1e-6
 
 
-def test_a_state_in_the_format_before_maml_was_a_module_still_loads():
-    """Old run folders hold the model's own keys, ``inner_lr.<name>`` rates and ``mamlpp.iteration``."""
+def test_a_state_in_the_format_before_maml_was_a_module_still_loads_and_old_lslr_rates_say_how_to_convert():
+    """Old run folders hold the model's own keys, ``inner_lr.<name>`` rates and ``mamlpp.iteration``; LSLR
+    now learns multiples of inner_lr (``inner_lr_scale.<name>``), so its old absolute rates are refused."""
     torch.manual_seed(0)
     model = mlp()
     legacy = {**{k: v.clone() for k, v in model.state_dict().items()},
               **{f"inner_lr.{n}": torch.full((2,), 0.3) for n, _ in model.named_parameters()},
               "mamlpp.iteration": torch.tensor(17)}
     maml = MAMLPlusPlus(mlp(), F.mse_loss, inner_lr=0.1, inner_steps=2, per_step_bn=False)
-    maml.load_state_dict(legacy)
-    assert maml.iteration == 17 and all(torch.equal(r, torch.full((2,), 0.3)) for r in maml.inner_lrs.values())
+    one_line_error("LSLR state saved before .* divided by inner_lr as inner_lr_scale", lambda: maml.load_state_dict(legacy))
+    converted = {k.replace("inner_lr.", "inner_lr_scale."): v / 0.1 if k.startswith("inner_lr.") else v
+                 for k, v in legacy.items()}
+    maml.load_state_dict(converted)
+    assert maml.iteration == 17 and all(torch.allclose(r, torch.full((2,), 3.0)) for r in maml.inner_lrs.values())
     assert all(torch.equal(maml.model.state_dict()[k], v) for k, v in model.state_dict().items())
-    assert maml.state_dict().keys() == legacy.keys()
+    assert maml.state_dict().keys() == converted.keys()
+    metasgd = MAML(mlp(), F.mse_loss, inner_lr=0.1, learn_lr="metasgd")
+    one_line_error("build it with the learn_lr and adapt_only", lambda: metasgd.load_state_dict(converted))

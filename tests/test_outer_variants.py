@@ -359,7 +359,7 @@ def test_protomaml_takes_mamls_options_exactly(options):
     prefix = options.get("adapt_only", "body.*")[:-1]
     adapted = {n: p for n, p in model.body.named_parameters() if f"body.{n}".startswith(prefix)}
     lslr = options.get("learn_lr") == "lslr"
-    lr = (lambda step: [r[step] if lslr else r for r in rates]) if rates else 0.5
+    lr = (lambda step: [0.5 * r[step] if lslr else r for r in rates]) if rates else 0.5  # LSLR: multiples of α
     meta = [*model.body.parameters(), *rates]
     reference = reference_protomaml_loss(model, adapted, batch, lr, 2, options.get("first_order", False))
     expected = torch.autograd.grad(reference, meta)

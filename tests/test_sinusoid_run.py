@@ -196,7 +196,7 @@ def test_every_algorithm_trains_resumes_and_evaluates_from_the_cli(tmp_path, alg
     assert_same_run(whole, split)
     saved = final_state(whole)[0]["learners"]["maml"]["model"]
     if algo in ("metasgd", "mamlpp"):
-        assert any(key.startswith("inner_lr.") for key in saved)
+        assert any(key.startswith(("inner_lr.", "inner_lr_scale.")) for key in saved)
     assert json.loads((whole / "results.json").read_text())["algo"] == algo
 
 

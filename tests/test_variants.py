@@ -59,21 +59,26 @@ def mamlkit_grads(maml, batch) -> dict:
     return {n: p.grad.clone() for n, p in maml.named_parameters() if p.grad is not None}
 
 
+RATES = ("inner_lr.", "inner_lr_scale.")  # Meta-SGD's rates; LSLR's multiples of inner_lr
+
+
 def lr_function(maml):
     """The rate of parameter n at step s, read off the learned tensors (or α)."""
     rates = maml.inner_lrs
     if maml.learn_lr == "metasgd":
         return lambda s, n: rates[n]
     if maml.learn_lr == "lslr":
-        return lambda s, n: rates[n][min(s, rates[n].shape[0] - 1)]
+        return lambda s, n: maml.inner_lr * rates[n][min(s, rates[n].shape[0] - 1)]
     return lambda s, n: maml.inner_lr
 
 
 def randomize_rates(maml, seed=5):
+    """Rates between 0.05 and 0.3 (LSLR holds them as multiples of inner_lr)."""
     g = torch.Generator().manual_seed(seed)
+    unit = maml.inner_lr if maml.learn_lr == "lslr" else 1.0
     with torch.no_grad():
         for rate in maml.inner_lrs.values():
-            rate.copy_(0.05 + 0.25 * torch.rand(rate.shape, generator=g))
+            rate.copy_((0.05 + 0.25 * torch.rand(rate.shape, generator=g)) / unit)
 
 
 def reference_for(maml, batch, forward=None, first_order=False, weights=None):
@@ -103,9 +108,9 @@ def test_learned_rates_match_reference(learn_lr, steps, batching, first_order):
     batch = regression_batch()
     expected = reference_for(maml, batch, first_order=first_order)
     actual = mamlkit_grads(maml, batch)
-    assert set(actual) == set(expected) and any(n.startswith("inner_lr.") for n in actual)
+    assert set(actual) == set(expected) and any(n.startswith(RATES) for n in actual)
     assert relative_error(actual, expected) < 1e-10
-    rate_grads = {n: g for n, g in actual.items() if n.startswith("inner_lr.")}
+    rate_grads = {n: g for n, g in actual.items() if n.startswith(RATES)}
     assert relative_error(rate_grads, {n: expected[n] for n in rate_grads}) < 1e-10
 
 
@@ -125,9 +130,9 @@ def test_learned_rates_match_finite_differences(learn_lr):
         for sign in (1.0, -1.0):
             with torch.no_grad():
                 shifted = {n: (p + sign * 1e-6 * direction[n]).requires_grad_() for n, p in leaves.items()}
-            rates = {n[len("inner_lr."):]: t for n, t in shifted.items() if n.startswith("inner_lr.")}
-            lr_of = (lambda s, n: rates[n]) if learn_lr == "metasgd" else (lambda s, n: rates[n][s])
-            params = {n: t for n, t in shifted.items() if not n.startswith("inner_lr.")}
+            rates = {n.split(".", 1)[1]: t for n, t in shifted.items() if n.startswith(RATES)}
+            lr_of = (lambda s, n: rates[n]) if learn_lr == "metasgd" else (lambda s, n: 0.1 * rates[n][s])
+            params = {n: t for n, t in shifted.items() if not n.startswith(RATES)}
             values.append(reference_objective(plain_forward(maml.model), F.mse_loss, params, batch, 2, lr_of,
                                               list(params)).item())
         numeric = (values[0] - values[1]) / 2e-6
@@ -184,13 +189,13 @@ def test_lslr_rates_below_zero_act_as_zero_and_are_projected_back_to_zero(batchi
     zeroed = {n: r.detach().clamp(min=0) for n, r in maml.inner_lrs.items()}
     params = {n: p for n, p in maml.model.named_parameters()}
     expected = reference_objective(plain_forward(maml.model), F.mse_loss, params, (x[None], y[None], x[None], y[None]),
-                                   2, lambda s, n: zeroed[n][s], list(params))
+                                   2, lambda s, n: 0.1 * zeroed[n][s], list(params))
     assert torch.allclose(F.mse_loss(maml.predict(x, maml.adapt(x, y)), y), expected, rtol=1e-12)
 
     batch = regression_batch()
     actual = mamlkit_grads(maml, batch)
     assert maml.inner_lrs["2.weight"][0].item() == 0.0
-    assert actual["inner_lr.2.weight"][0] != 0  # alive at zero, so the meta-optimizer can raise it again
+    assert actual["inner_lr_scale.2.weight"][0] != 0  # alive at zero, so the meta-optimizer can raise it again
     assert relative_error(actual, reference_for(maml, batch)) < 1e-10
 
     signed = MAML(tanh_mlp(), F.mse_loss, inner_lr=0.1, learn_lr="metasgd", batching=batching)
@@ -206,7 +211,7 @@ def test_state_dict_round_trip_restores_model_and_rates():
     maml = MAML(tanh_mlp(), F.mse_loss, inner_lr=0.1, inner_steps=2, learn_lr="lslr")
     randomize_rates(maml)
     state = maml.state_dict()
-    assert sum(k.startswith("inner_lr.") for k in state) == len(maml.inner_lrs)
+    assert sum(k.startswith("inner_lr_scale.") for k in state) == len(maml.inner_lrs)
     other = MAML(tanh_mlp(), F.mse_loss, inner_lr=0.1, inner_steps=2, learn_lr="lslr")
     other.load_state_dict(state)
     batch = regression_batch()
@@ -498,7 +503,7 @@ def test_compiled_mamlpp_with_anil_equals_eager():
         return {**{f"fo.{n}": g for n, g in first.items()}, **{f"so.{n}": g for n, g in second.items()}}
 
     eager, compiled = grads(False), grads(True)
-    assert set(compiled) == set(eager) and any("inner_lr." in n for n in eager)
+    assert set(compiled) == set(eager) and any("inner_lr_scale." in n for n in eager)
     assert relative_error(compiled, eager) < 1e-12
 
 

@@ -18,10 +18,9 @@ from mamlkit.selection import ParameterSelection
 from mamlkit.strategies import Strategy
 
 # (attribute prefix, public prefix) of state_dict keys and parameter names: the model's keys stay its own,
-# so a MAML checkpoint is a model checkpoint plus "inner_lr.<name>" rates (and MAML++'s counter).
-RATE_PREFIX = "inner_lr."
-PUBLIC = (("rates.", RATE_PREFIX), ("schedule.", "mamlpp."), ("model.", ""))
-INTERNAL = tuple((public, inner) for inner, public in PUBLIC)
+# so a MAML checkpoint is a model checkpoint plus the rates (``LearnedRates.prefix``) and MAML++'s counter.
+PUBLIC = (("schedule.", "mamlpp."), ("model.", ""))
+RATE_PREFIXES = ("inner_lr.", "inner_lr_scale.")
 
 
 def _rename(key: str, prefix: str, pairs) -> str:
@@ -33,7 +32,7 @@ def _rename(key: str, prefix: str, pairs) -> str:
 
 
 def _rename_keys(module, state: dict, prefix: str, *hook_args, pairs) -> None:
-    """The state_dict hook (``pairs=PUBLIC``) and load_state_dict pre-hook (``INTERNAL``); a partial
+    """The state_dict hook (``pairs``: attribute -> public) and load_state_dict pre-hook (reversed); a partial
     of a module-level function, so a whole MAML pickles."""
     for key in [k for k in state if k.startswith(prefix)]:
         state[_rename(key, prefix, pairs)] = state.pop(key)
@@ -108,8 +107,9 @@ class MAML(nn.Module):
         self._step_buffers = [f"{name}.step" if name else "step" for name, m in model.named_modules()
                               if isinstance(m, PerStepBatchNorm)]
         self._checked_dtypes = set()
-        self.register_state_dict_post_hook(partial(_rename_keys, pairs=PUBLIC))
-        self.register_load_state_dict_pre_hook(partial(_rename_keys, pairs=INTERNAL))
+        self._public = (("rates.", self.rates.prefix), *PUBLIC)
+        self.register_state_dict_post_hook(partial(_rename_keys, pairs=self._public))
+        self.register_load_state_dict_pre_hook(partial(_rename_keys, pairs=tuple((b, a) for a, b in self._public)))
 
     # -- meta-parameters and state --------------------------------------------------------
     @property
@@ -122,17 +122,22 @@ class MAML(nn.Module):
         return self.selection.adapted()
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
-        """The meta-parameters: the model's parameters (its own names), then the rates as ``inner_lr.<name>``."""
+        """The meta-parameters: the model's parameters (its own names), then the rates as ``inner_lr.<name>``
+        (LSLR: ``inner_lr_scale.<name>``)."""
         for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
-            yield _rename(name, prefix + "." if prefix else "", PUBLIC), p
+            yield _rename(name, prefix + "." if prefix else "", self._public), p
 
     def load_state_dict(self, state: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
         """Load ``state_dict()`` output (a plain model state dict where no rates are learned)."""
-        rates = sorted(k[len(RATE_PREFIX):] for k in state if k.startswith(RATE_PREFIX))
-        if rates != sorted(self.inner_lrs):
-            raise MamlkitError(f"the state holds learned rates for {rates or 'no parameters'} but this MAML "
-                               f"(learn_lr={self.learn_lr!r}) learns {sorted(self.inner_lrs) or 'none'}; build it "
-                               f"with the learn_lr and adapt_only the state was saved with")
+        held = sorted(k for k in state if k.startswith(RATE_PREFIXES))
+        if held != sorted(self.rates.prefix + n for n in self.inner_lrs):
+            old_lslr = self.learn_lr == "lslr" and any(k.startswith("inner_lr.") for k in held)
+            raise MamlkitError(
+                f"the state holds learned rates {held[:2] or 'for no parameters'}{'...' * (len(held) > 2)} but this "
+                f"MAML (learn_lr={self.learn_lr!r}) learns {len(self.inner_lrs) or 'no'} rate tensors; " + (
+                    "it is an LSLR state saved before LSLR learned multiples of inner_lr: save each "
+                    "inner_lr.<name> divided by inner_lr as inner_lr_scale.<name>" if old_lslr else
+                    "build it with the learn_lr and adapt_only the state was saved with"))
         try:
             return super().load_state_dict(state, strict, assign)
         except RuntimeError as error:

@@ -12,8 +12,11 @@ LEARN_LR = (None, "metasgd", "lslr")
 class LearnedRates(nn.Module):
     """One rate tensor per adapted parameter, registered under the parameter's own dotted name.
 
-    ``metasgd``: one rate per parameter element (Li et al. 2017); ``lslr``: one per parameter
-    tensor and inner step (MAML++); ``None``: no rates, α stays fixed.
+    ``metasgd``: one rate per parameter element (Li et al. 2017), saved as ``inner_lr.<name>``;
+    ``lslr``: one per parameter tensor and inner step (MAML++), learned as multiples of α, saved as
+    ``inner_lr_scale.<name>``: Adam moves a parameter by about its learning rate whatever the gradient's
+    size, so a 0.01 rate learned directly at 1e-3 changed by ~10% per iteration and diverged on the
+    sinusoid (benchmarks/mamlpp_rates.py). ``None``: no rates, α stays fixed.
     """
 
     def __init__(self, kind: str | None, params: Params, inner_lr: float, inner_steps: int):
@@ -24,10 +27,11 @@ class LearnedRates(nn.Module):
             raise MamlkitError(f"learn_lr={kind!r} needs inner_steps >= 1 (the rates are learned through the "
                                f"inner steps)")
         self.kind, self.inner_lr = kind, inner_lr
+        self.prefix = "inner_lr_scale." if kind == "lslr" else "inner_lr."  # the public name of the rates
         for name, p in params.items() if kind else ():
-            shape = p.shape if kind == "metasgd" else (inner_steps,)
+            shape, initial = (p.shape, inner_lr) if kind == "metasgd" else ((inner_steps,), 1.0)
             self._owner(name).register_parameter(name.rsplit(".", 1)[-1], nn.Parameter(
-                torch.full(shape, inner_lr, dtype=p.dtype, device=p.device)))
+                torch.full(shape, initial, dtype=p.dtype, device=p.device)))
 
     def _owner(self, name: str) -> nn.Module:
         """The (new) submodule that holds the rate of parameter ``name``: ``a.b.w`` lives in ``self.a.b``."""
@@ -45,12 +49,13 @@ class LearnedRates(nn.Module):
         if self.kind == "metasgd":
             return dict(rates)
         if self.kind == "lslr":  # step sizes, never negative (see project)
-            return lambda step: {n: r[min(step, r.shape[0] - 1)].clamp(min=0) for n, r in rates.items()}
+            return lambda step: {n: self.inner_lr * r[min(step, r.shape[0] - 1)].clamp(min=0)
+                                 for n, r in rates.items()}
         return self.inner_lr
 
     @torch.no_grad()
     def project(self) -> None:
-        """Project LSLR rates the last meta-update pushed below zero back to zero.
+        """Project LSLR scales the last meta-update pushed below zero back to zero.
 
         A negative step is ascent, compounding over the steps (MAML++ on the sinusoid: rates of -0.3
         within 1,000 iterations, loss 1e23 by 2,750); clamping only where used would leave the rate
