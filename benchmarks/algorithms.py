@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from mamlkit.algorithms import build_algorithm  # noqa: E402
 from mamlkit.algorithms.imaml import IMAML  # noqa: E402
 from mamlkit.algorithms.protomaml import ProtoMAML  # noqa: E402
 from mamlkit.algorithms.reptile import Reptile  # noqa: E402
+from mamlkit.experiments.algorithm_settings import parse_options  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def parse_args():
     parser.add_argument("--out", type=Path, help="also write the markdown table here (and a .json beside it)")
     parser.add_argument("--keep-rows", type=Path, help="a previous run's .json: its rows of variants not rerun "
                         "here stay in the table (and the header says so)")
+    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override the rerun variants' options (as `mamlkit train --algo-options`), e.g. lam=10.0")
     parser.add_argument("--only", help="worker mode: run this variant on --tasks[0] and print a JSON line")
     return parser.parse_args()
 
@@ -166,8 +169,9 @@ def run_omniglot(variant: Variant, args) -> dict:
 
 def worker(args) -> None:
     torch.set_num_threads(args.threads)
-    run = {"sinusoid": run_sinusoid, "omniglot": run_omniglot}[args.tasks[0]]
-    print(json.dumps(run(VARIANTS[args.only], args)))
+    task, variant, options = args.tasks[0], VARIANTS[args.only], parse_options(args.options)
+    variant = replace(variant, **{task: {**getattr(variant, task), **options}})
+    print(json.dumps({"sinusoid": run_sinusoid, "omniglot": run_omniglot}[task](variant, args)))
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -221,7 +225,7 @@ def with_kept_rows(rows: dict, previous: Path) -> tuple[dict, str]:
 def run_variant_task(name: str, task: str, args) -> dict:
     cmd = [__file__, "--only", name, "--tasks", task, "--sinusoid-iterations", str(args.sinusoid_iterations),
            "--omniglot-cpu-s", str(args.omniglot_cpu_s), "--eval-tasks", str(args.eval_tasks),
-           "--threads", str(args.threads), "--data", args.data]
+           "--threads", str(args.threads), "--data", args.data, *(["--options", *args.options] if args.options else [])]
     row = harness.run_row({}, cmd)
     print(f"{name} {task}: {row.get('status')}", file=sys.stderr, flush=True)
     return row
@@ -242,6 +246,8 @@ def main(args) -> None:
               f"{args.eval_tasks} evaluation tasks; machine busy {100 * machine_load:.0f}% on average")
     if args.jobs > 1:
         header += f"; {args.jobs} rows at a time"
+    if args.options:
+        header += f"; options {' '.join(args.options)}"
     if args.keep_rows:
         rows, kept_note = with_kept_rows(rows, args.keep_rows)
         header += kept_note
