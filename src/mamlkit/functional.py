@@ -1,8 +1,5 @@
-"""MAML's inner loop as pure functions over parameter dicts, so the same code runs for one task, under
-``vmap`` and under ``torch.compile``. First order differs only in a detached inner gradient; the
-variants are fields of ``InnerLoop`` (a rate per parameter or per step, a forward per step for
-per-step BatchNorm, checkpointed steps) and ``step_weights`` (MAML++'s multi-step loss).
-"""
+"""MAML's inner loop as pure functions over parameter dicts, so the same code runs for one task, under ``vmap``
+and under ``torch.compile``; first order differs only in a detached inner gradient."""
 
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
@@ -86,7 +83,7 @@ def trajectory(loop: InnerLoop, params: Params, x: Tensor, y: Tensor, steps: int
 
 
 def last(items: Iterator):
-    """The final element of an iterator, e.g. the adapted parameters at the end of a trajectory."""
+    """The final element of an iterator (the adapted parameters at the end of a trajectory)."""
     for item in items:
         pass
     return item

@@ -45,33 +45,25 @@ class MAML(nn.Module):
     each task's support set, differentiable in ``maml.parameters()`` (the model's, plus learned rates),
     so any ``torch.optim`` optimizer over them performs the meta-update.
 
-    Args:
-        model: any module; parameters with ``requires_grad=False`` are used but not adapted, buffers
-            are passed through, tied weights stay tied.
-        loss_fn: ``loss_fn(prediction, target) -> scalar`` used in the inner loop and on the query set.
-        inner_lr: α, the inner-loop step size (the initial value of learned rates).
-        inner_steps: inner steps during meta-training.
+    Args (docs/algorithms.md says more):
+        model: any module; frozen parameters are used but not adapted, buffers passed through, tied weights stay tied.
+        loss_fn: ``loss_fn(prediction, target) -> scalar``, in the inner loop and on the query set.
+        inner_lr, inner_steps: α (the start of learned rates) and the inner steps of meta-training.
         eval_inner_steps: inner steps for ``evaluate``/``adapt`` (defaults to ``inner_steps``).
-        first_order: drop second derivatives (stop the gradient through the inner gradient).
-        batching: ``"vmap"`` (one vectorised call), ``"loop"`` (task by task, plain autograd) or
-            ``"auto"``: vmap unless the model cannot take it; ``meta_backward`` times vmap, vmap in
-            chunks and the loop on the first calls and keeps the fastest (``maml.mapping.report()``).
-        compile: ``torch.compile`` the meta-gradient computed by ``meta_backward`` (vmap only).
-        learn_lr: ``"metasgd"`` learns one rate per parameter element (Meta-SGD, Li et al. 2017),
-            ``"lslr"`` one rate per parameter tensor and inner step (MAML++'s LSLR; steps beyond
-            ``inner_steps`` reuse the last step's rates); ``None`` keeps α fixed.
-        adapt_only: fnmatch pattern(s) of the parameter names the inner loop adapts (ANIL, Raghu
-            et al. 2020: e.g. ``"head.*"``); the others are meta-learned but fixed within a task.
-        checkpoint_inner: recompute each inner step in the backward pass instead of storing its
-            graph (memory per step: one copy of the parameters, not its activations); tasks then run
-            in a loop, as ``torch.utils.checkpoint`` does not compose with vmap in torch 2.13.
-        meta_batch_chunk: ``meta_backward`` back-propagates this many tasks at a time (same gradient,
-            one chunk's graph in memory); None: all, or under ``"auto"`` the timed choice.
-        check_finite: refuse NaN/inf in task data, adapted weights and evaluation metrics (one device
-            sync per call). The meta-loss is returned as it is: training reports its divergence.
-        strategy: how the meta-gradient is formed (the algorithm families pass theirs).
-
-    A family refuses, in ``does_not_take``, the options that do not apply to it, each with the reason.
+        first_order: stop the gradient through the inner gradient.
+        batching: ``"vmap"``, ``"loop"`` (plain autograd, task by task) or ``"auto"``: vmap unless the model
+            cannot take it, and ``meta_backward`` times vmap, vmap in chunks and the loop and keeps the fastest.
+        compile: ``torch.compile`` the meta-gradient of ``meta_backward`` (vmap only).
+        learn_lr: ``"metasgd"``, a rate per parameter element (Li et al. 2017); ``"lslr"``, one per parameter
+            tensor and inner step (MAML++; later steps reuse the last); ``None``: α fixed.
+        adapt_only: fnmatch pattern(s) of the parameters the inner loop adapts (ANIL: ``"head.*"``); the others
+            are meta-learned but fixed within a task.
+        checkpoint_inner: recompute each inner step in backward instead of storing its graph (tasks then run
+            in a loop: ``torch.utils.checkpoint`` does not compose with vmap in torch 2.13).
+        meta_batch_chunk: ``meta_backward`` back-propagates this many tasks at a time (same gradient).
+        check_finite: refuse NaN/inf in task data, adapted weights and evaluation metrics.
+        strategy: how the meta-gradient is formed (the families pass theirs); a family refuses the
+            options that do not apply to it in ``does_not_take``, each with the reason.
     """
 
     does_not_take: dict[str, str] = {}
@@ -111,7 +103,6 @@ class MAML(nn.Module):
         self.register_state_dict_post_hook(partial(_rename_keys, pairs=self._public))
         self.register_load_state_dict_pre_hook(partial(_rename_keys, pairs=tuple((b, a) for a, b in self._public)))
 
-    # -- meta-parameters and state --------------------------------------------------------
     @property
     def inner_lrs(self) -> dict[str, nn.Parameter]:
         """The learned rates by parameter name (empty unless ``learn_lr`` is set)."""
@@ -153,7 +144,6 @@ class MAML(nn.Module):
         """(first order?, weights of the query losses after each inner step or None) for this meta-iteration."""
         return self.first_order, None
 
-    # -- the pieces the strategies use ----------------------------------------------------
     def _forward(self, constants: fn.Params, params: fn.Params, x: Tensor, step: int = 0) -> Tensor:
         """The model on ``x``; ``step`` selects the per-step BatchNorm sets (parameters after ``step`` steps)."""
         if self._step_buffers:
@@ -172,9 +162,11 @@ class MAML(nn.Module):
         return next(iter(self.model.parameters()))
 
     def _check_batch(self, *batch: Tensor) -> tuple[Tensor, ...]:
+        """A meta-batch as the strategies take it: checked, and LSLR's rates projected after the last update."""
         check_task_batch(batch, self._reference(), self.check_finite)
         self._check_dtypes(batch[0][0], batch[1][0])
         self.strategy.check_labels(batch[1], batch[3])
+        self.rates.project()
         return batch
 
     def _steps(self, steps: int | None) -> int:
@@ -192,25 +184,19 @@ class MAML(nn.Module):
             check_finite_result(value, what)
         return value
 
-    # -- meta-training --------------------------------------------------------------------
     def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """``meta_loss``: calling the module (also inside DistributedDataParallel) gives the meta-objective."""
         return self.meta_loss(support_x, support_y, query_x, query_y)
 
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Mean post-adaptation query loss over the meta-batch (tensors ``[T, n, ...]``)."""
-        batch = self._check_batch(support_x, support_y, query_x, query_y)
-        self.rates.project()
-        return self.strategy.meta_loss(self, batch)
+        return self.strategy.meta_loss(self, self._check_batch(support_x, support_y, query_x, query_y))
 
     def meta_backward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Accumulate the meta-gradient into ``.grad`` of ``maml.parameters()``; return the mean query loss.
         For differentiable families the gradient of ``meta_loss`` (the strategy says how it is formed)."""
-        batch = self._check_batch(support_x, support_y, query_x, query_y)
-        self.rates.project()
-        return self.strategy.meta_backward(self, batch)
+        return self.strategy.meta_backward(self, self._check_batch(support_x, support_y, query_x, query_y))
 
-    # -- adaptation and evaluation ----------------------------------------------------------
     def adapt(self, x: Tensor, y: Tensor, steps: int | None = None) -> fn.Params:
         """Adapted parameters for one task (``x [n, ...]``) after ``steps`` (default ``eval_inner_steps``)
         inner steps, differentiable unless first order."""

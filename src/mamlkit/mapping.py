@@ -1,9 +1,5 @@
-"""How a per-task function runs over a meta-batch: ``vmap`` (one vectorised call), a Python loop of
-plain autograd, or either in chunks of tasks. ``auto`` takes vmap unless the model cannot.
-
-The seam for other mappings is ``TaskMapping``: its callers only pass a per-task function
-``per_task(gradient, *task_tensors) -> Tensor`` and the tensors (training: a mean loss, ``backward``).
-"""
+"""How a per-task function ``per_task(gradient, *task_tensors) -> Tensor`` runs over a meta-batch: ``vmap``
+(one vectorised call), a Python loop of plain autograd, or either in chunks of tasks (``TaskMapping``)."""
 
 import math
 import warnings
@@ -29,12 +25,6 @@ def vmap_tasks(per_task, tensors: tuple[Tensor, ...]) -> Tensor:
         return torch.vmap(partial(per_task, fn.func_gradient), randomness="different")(*tensors)
 
 
-def loop_tasks(per_task, tensors: tuple[Tensor, ...]) -> Tensor:
-    """``per_task(gradient, *task_tensors)`` task by task, with plain autograd."""
-    return torch.stack([per_task(fn.autograd_gradient, *(t[i] for t in tensors))
-                        for i in range(tensors[0].shape[0])])
-
-
 def running_stats_module(model: nn.Module) -> str | None:
     """Name of a batch/instance norm that would update running statistics in this forward, if any."""
     for name, module in model.named_modules():
@@ -45,12 +35,9 @@ def running_stats_module(model: nn.Module) -> str | None:
 
 
 class TaskMapping:
-    """vmap or loop for ``model``; ``auto`` falls back to the loop (warning once) when vmap fails.
-
-    In training (``backward``) ``meta_batch_chunk`` tasks are back-propagated at a time (all by
-    default); ``auto`` without a chunk size times vmap over all tasks, over halves, quarters and
-    eighths of them, and the loop, and keeps the fastest (``report()`` says what it measured).
-    """
+    """vmap or loop for ``model``; ``auto`` falls back to the loop (warning once) when vmap fails. In training
+    (``backward``) ``meta_batch_chunk`` tasks are back-propagated at a time; ``auto`` without a chunk size
+    times vmap over all tasks, halves, quarters and eighths of them, and the loop, and keeps the fastest."""
 
     def __init__(self, model: nn.Module, batching: str = "auto", checkpoint_inner: bool = False,
                  meta_batch_chunk: int | None = None):
@@ -104,7 +91,7 @@ class TaskMapping:
                 reason = str(error).strip().splitlines()[0][:160]
                 warnings.warn(f"mamlkit: vmap cannot take this model ({reason}); tasks now run in a Python loop",
                               stacklevel=4)
-        return loop_tasks(per_task, tensors)
+        return torch.stack([per_task(fn.autograd_gradient, *(t[i] for t in tensors)) for i in range(len(tensors[0]))])
 
     def backward(self, mean_loss, batch: tuple[Tensor, ...]) -> Tensor:
         """``mean_loss(*batch).backward()`` (a mean over tasks) chunk by chunk, on the fastest path under ``auto``;

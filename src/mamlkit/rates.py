@@ -10,14 +10,10 @@ LEARN_LR = (None, "metasgd", "lslr")
 
 
 class LearnedRates(nn.Module):
-    """One rate tensor per adapted parameter, registered under the parameter's own dotted name.
-
-    ``metasgd``: one rate per parameter element (Li et al. 2017), saved as ``inner_lr.<name>``;
-    ``lslr``: one per parameter tensor and inner step (MAML++), learned as multiples of α, saved as
-    ``inner_lr_scale.<name>``: Adam moves a parameter by about its learning rate whatever the gradient's
-    size, so a 0.01 rate learned directly at 1e-3 changed by ~10% per iteration and diverged on the
-    sinusoid (benchmarks/mamlpp_rates.py). ``None``: no rates, α stays fixed.
-    """
+    """One rate tensor per adapted parameter, under the parameter's own dotted name. ``metasgd``: one per element
+    (Li et al. 2017), saved as ``inner_lr.<name>``; ``lslr``: one per tensor and inner step (MAML++), learned as
+    multiples of α (``inner_lr_scale.<name>``): Adam moves a parameter by about its learning rate whatever its
+    size, so a 0.01 rate learned directly changed ~10% per iteration and diverged (benchmarks/mamlpp_rates.py)."""
 
     def __init__(self, kind: str | None, params: Params, inner_lr: float, inner_steps: int):
         super().__init__()
@@ -55,12 +51,9 @@ class LearnedRates(nn.Module):
 
     @torch.no_grad()
     def project(self) -> None:
-        """Project LSLR scales the last meta-update pushed below zero back to zero.
-
-        A negative step is ascent, compounding over the steps (MAML++ on the sinusoid: rates of -0.3
-        within 1,000 iterations, loss 1e23 by 2,750); clamping only where used would leave the rate
-        with zero gradient forever. Meta-SGD keeps signed rates (its paper learns directions).
-        """
+        """Project LSLR scales the last meta-update pushed below zero back to zero: a negative step is ascent,
+        compounding over the steps, and clamping only where used would leave the rate with zero gradient
+        forever. Meta-SGD keeps signed rates (its paper learns directions)."""
         if self.kind == "lslr":
             for rate in self.parameters():
                 rate.clamp_(min=0)

@@ -1,7 +1,5 @@
-"""How a family forms the meta-gradient, over the pure inner loop of functional.py: which path a
-task's inner loop takes (from θ, from θ plus a prototype head, on a proximal problem) and how
-``meta_backward`` turns the tasks into ``.grad`` (autograd through the loop, θ − φ, an implicit solve).
-"""
+"""How a family forms the meta-gradient over functional.py's inner loop: the path a task's inner loop takes
+(from θ, from θ plus a prototype head, on a proximal problem) and how ``meta_backward`` makes ``.grad``."""
 
 from functools import partial
 from typing import Iterator, Mapping
@@ -31,7 +29,8 @@ def accumulate_grad(tensors: Mapping[str, Tensor], grads: Mapping[str, Tensor]) 
 
 class Strategy:
     """The unrolled inner loop, differentiated by autograd (first order: the inner gradient detached).
-    Other families override what differs."""
+    Other families override what differs: ``start`` (where a task's inner loop starts: θ), ``path``
+    (θ_0 .. θ_steps), ``check_labels`` (refuse targets the family cannot use), ``meta_backward``."""
 
     excluded: tuple[str, ...] = ()  # parameters rebuilt per task (ProtoMAML's head): predicting needs a support set
 
@@ -39,15 +38,13 @@ class Strategy:
         self._compiled = {}
 
     def check_labels(self, *labels: Tensor) -> None:
-        """Refuse targets the strategy cannot use (ProtoMAML: class labels)."""
+        pass
 
     def start(self, loop: fn.InnerLoop, params: fn.Params, x: Tensor, y: Tensor) -> fn.Params:
-        """Where a task's inner loop starts: θ."""
         return params
 
     def path(self, loop: fn.InnerLoop, theta: fn.Params, x: Tensor, y: Tensor, steps: int, gradient: fn.Gradient,
              first_order: bool) -> Iterator[fn.Params]:
-        """θ_0 .. θ_steps of a task's inner loop on (x, y), from ``start``."""
         return fn.trajectory(loop, self.start(loop, theta, x, y), x, y, steps, first_order, gradient)
 
     def objective(self, maml, params: fn.Params, constants: fn.Params, batch: tuple[Tensor, ...], *, map_tasks,

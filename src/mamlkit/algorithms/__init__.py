@@ -1,9 +1,5 @@
-"""The MAML family by name: ``build_algorithm("metasgd", model, loss_fn, inner_lr=0.01)``.
-
-Each entry is a factory ``(model, loss_fn, **options) -> MAML`` (or a subclass), so the CLI and
-benchmarks pick a variant with a string; the options are MAML's keyword arguments plus the variant's
-own, less those that do not apply to it (its ``does_not_take``, refused with the reason).
-"""
+"""The MAML family by name, ``build_algorithm("metasgd", model, loss_fn, inner_lr=0.01)``: each entry is a
+factory ``(model, loss_fn, **options) -> MAML`` taking MAML's options and its own, less its ``does_not_take``."""
 
 import inspect
 from functools import partial
@@ -30,10 +26,8 @@ def head_patterns(model: nn.Module) -> list[str]:
 
 def anil(model: nn.Module, loss_fn, inner_lr: float, inner_steps: int = 1, *,
          adapt_only: str | Sequence[str] | None = None, **options) -> MAML:
-    """ANIL (Raghu et al. 2020, "Rapid learning or feature reuse?"): a ``MAML`` adapting only
-    ``adapt_only``, by default the head (``head_patterns``). All parameters are meta-learned; within a
-    task only the head takes inner steps, so the inner loop is cheap and the body learns features that
-    a linear head can reuse."""
+    """ANIL (Raghu et al. 2020): a ``MAML`` adapting only ``adapt_only``, by default the head; the body is
+    meta-learned but fixed within a task, so the inner loop is cheap and the body learns reusable features."""
     return MAML(model, loss_fn, inner_lr, inner_steps, adapt_only=adapt_only or head_patterns(model), **options)
 
 

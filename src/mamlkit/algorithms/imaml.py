@@ -1,13 +1,9 @@
 """iMAML (Rajeswaran, Finn, Kakade & Levine 2019): the implicit meta-gradient of a proximal inner loop.
 
-Each task minimises L_support(φ) + λ/2 ‖φ − θ‖² from φ = θ. At a minimum φ*, dφ*/dθ = (I + H/λ)⁻¹
-(H = ∇²L_support(φ*)), whatever path the inner optimiser took, so memory does not grow with the
-inner steps; the system is solved by conjugate gradient on Hessian-vector products.
-
-A few steps do not reach φ*: where the support loss is flat they barely move φ, and dφ/dθ is near I.
-k steps of sizes α_s on a quadratic support loss give exactly dφ_k/dθ = P + (I + H/λ)⁻¹ (I − P),
-P = Π_s (I − α_s (H + λI)), so the task's meta-gradient is P g + (I + H/λ)⁻¹ (g − P g),
-g = ∇L_query(φ_k), H at φ_k. P vanishes as the steps solve the inner problem.
+Each task minimises L_support(φ) + λ/2 ‖φ − θ‖² from φ = θ; at a minimum φ*, dφ*/dθ = (I + H/λ)⁻¹
+(H = ∇²L_support(φ*)), solved by conjugate gradient, in memory that does not grow with the steps. k steps
+that do not reach φ* pass on P = Π_s (I − α_s (H + λI)) of θ unsolved (exact on a quadratic loss), so
+the task's meta-gradient is P g + (I + H/λ)⁻¹ (g − P g), g = ∇L_query(φ_k) (docs/algorithms.md).
 """
 
 import math
@@ -62,14 +58,10 @@ class Implicit(NotALoss):
 
     def descent(self, loop: fn.InnerLoop, theta: fn.Params, x: Tensor, y: Tensor, steps: int,
                 gradient: fn.Gradient) -> Iterator[tuple[fn.Params, Tensor]]:
-        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = θ, without a graph; yields each φ_s with
-        the step size that led to it (0 where refused, and at s = 0).
-
-        A step is taken only if it decreases F by 1e-4 α ‖∇F‖² (Armijo; up to rounding near the
-        minimum), else φ stays and the task's α halves: with a fixed α, descent diverges once
-        meta-training sharpens the support loss beyond 2/α − λ, which the implicit gradient cannot
-        see. The test and the halving are masks, so tasks keep their own α under vmap.
-        """
+        """Gradient steps on F(φ) = L(φ) + λ/2 ‖φ − θ‖² from φ = θ, without a graph; yields each φ_s with the
+        step size that led to it (0 where refused, and at s = 0). A step that does not decrease F by 1e-4 α ‖∇F‖²
+        (Armijo) is refused and the task's α halves: meta-training sharpens the support loss beyond 2/α − λ,
+        which the implicit gradient cannot see. Masks, not branches, so tasks keep their own α under vmap."""
         theta = phi = {n: p.detach() for n, p in theta.items()}
 
         def objective(params, s):
@@ -97,11 +89,9 @@ class Implicit(NotALoss):
     def task_update(self, maml, loop: fn.InnerLoop, theta: fn.Params, gradient: fn.Gradient, sx, sy, qx, qy):
         """P g + (I + H/λ)⁻¹ (g − P g) at the adapted φ (the solve by conjugate gradient), and L_query(φ)."""
         steps = list(self.descent(loop, theta, sx, sy, maml.inner_steps, gradient))
-        phi = steps[-1][0]
-        forward = loop.at(maml.inner_steps)
+        phi, forward = steps[-1][0], loop.at(maml.inner_steps)
         query_grad = gradient(lambda p: maml.loss_fn(forward(p, qx), qy), phi, False)
         hvp = hessian_vector_product(lambda p: maml.loss_fn(forward(p, sx), sy), phi, gradient)
-
         direct = query_grad  # P g: what the steps pass on from θ unsolved, P = Π_s (I − α_s (H + λI))
         for _, rate in steps[1:]:
             hv = hvp(direct)
@@ -111,20 +101,16 @@ class Implicit(NotALoss):
             hv = hvp(v)
             return {n: v[n] + hv[n] / self.lam for n in v}
 
-        solved = conjugate_gradient(matvec, {n: query_grad[n] - direct[n] for n in direct}, self.cg_steps,
-                                    self.cg_tol)
+        solved = conjugate_gradient(matvec, {n: query_grad[n] - direct[n] for n in direct}, self.cg_steps, self.cg_tol)
         return {n: direct[n] + solved[n] for n in direct}, maml.loss_fn(forward(phi, qx), qy)
 
 
 class IMAML(MAML):
     """iMAML around an unmodified ``nn.Module``; ``adapt``/``evaluate`` use the same proximal inner loop.
 
-    Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s; it is first order by construction):
-        inner_lr, inner_steps: gradient-descent step size and steps on the proximal inner problem;
-            enough of them to (nearly) solve it, since the implicit gradient assumes a minimum.
-        lam: λ > 0, the proximal strength: larger keeps φ closer to θ.
-        cg_steps: conjugate-gradient iterations (Hessian-vector products) per task, ≥ 1.
-        cg_tol: stop CG once the residual is below ``cg_tol`` times its right-hand side's norm, g − P g.
+    Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s; first order by construction): ``inner_lr`` and
+    ``inner_steps`` on the proximal problem; ``lam``, λ > 0 (larger keeps φ nearer θ); ``cg_steps`` ≥ 1
+    conjugate-gradient iterations per task, stopped once the residual is below ``cg_tol`` ‖g − P g‖.
     """
 
     does_not_take = NOT_A_GRADIENT

@@ -1,8 +1,5 @@
-"""MAML++ (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019), each trick a switch.
-
-Schedules count meta-iterations, one per ``meta_backward`` (with ``meta_loss``, add 1 to
-``maml.iteration`` yourself), ``iterations_per_epoch`` per epoch; ``state_dict()`` saves the count.
-"""
+"""MAML++ (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019), each trick a switch. Schedules
+count meta-iterations, one per ``meta_backward`` (training with ``meta_loss``, add 1 to ``maml.iteration``)."""
 
 import torch
 from torch import Tensor, nn
@@ -25,36 +22,27 @@ class MAMLPlusPlus(MAML):
     """MAML with MAML++'s training tricks; every switch defaults to the paper's setting, derivative order to
     the official configs'.
 
-    Args (beyond ``MAML``'s):
-        learn_lr: default ``"lslr"``, one learned rate per parameter tensor and inner step (LSLR).
-        multi_step_loss: while ``epoch < msl_epochs`` the meta-objective is Σ_s v_s L_query(θ_s), v annealed
-            from uniform toward the last step (``importance_weights``); then the last step's loss.
-        msl_epochs: epochs over which v anneals (paper: 10; 0: last step only).
-        per_step_bn: turn the model's BatchNorms, in place, into ``PerStepBatchNorm`` with weights, biases and
-            running statistics per inner step (BNWB + BNRS; build the optimizer afterwards).
-        first_order_epochs: first order while ``epoch < first_order_epochs``: 0, second order from the start,
-            is the official code's configs' setting (the paper's text says 50; on the sinusoid 50 trained worse).
-        cosine_iterations: cosine annealing of the meta learning rate to ``min_meta_lr`` over this many
-            meta-iterations (None: off; ``maml.lr_scheduler(optimizer)``).
-        iterations_per_epoch: meta-iterations per epoch (paper: 500).
+    Args (beyond ``MAML``'s; docs/algorithms.md): ``learn_lr`` (default LSLR); ``multi_step_loss``: while
+    ``epoch < msl_epochs`` the meta-objective is Σ_s v_s L_query(θ_s), v annealed from uniform toward the last
+    step; ``per_step_bn``: the model's BatchNorms become ``PerStepBatchNorm``, in place (build the optimizer
+    afterwards); first order while ``epoch < first_order_epochs`` (0, the official configs'; the paper's text
+    says 50, which trained worse on the sinusoid); ``cosine_iterations``: cosine annealing of the meta learning
+    rate to ``min_meta_lr`` (``lr_scheduler``); ``iterations_per_epoch`` (paper: 500).
     """
 
     def __init__(self, model: nn.Module, loss_fn, inner_lr: float, inner_steps: int = 5, *,
                  learn_lr: str | None = "lslr", multi_step_loss: bool = True, msl_epochs: int = 10,
                  per_step_bn: bool = True, first_order_epochs: int = 0, cosine_iterations: int | None = None,
                  min_meta_lr: float = 1e-5, iterations_per_epoch: int = 500, **options):
-        msl_epochs, first_order_epochs = check_steps(msl_epochs, "msl_epochs"), check_steps(first_order_epochs,
-                                                                                            "first_order_epochs")
-        cosine_iterations = None if cosine_iterations is None else check_count(cosine_iterations, "cosine_iterations")
-        min_meta_lr = check_learning_rate(min_meta_lr, "min_meta_lr")
-        iterations_per_epoch = check_count(iterations_per_epoch, "iterations_per_epoch")
+        self.msl_epochs, self.first_order_epochs = check_steps(msl_epochs, "msl_epochs"), check_steps(
+            first_order_epochs, "first_order_epochs")  # all checked before per_step_bn changes the model
+        self.cosine_iterations = None if cosine_iterations is None else check_count(cosine_iterations, "cosine_iterations")
+        self.min_meta_lr = check_learning_rate(min_meta_lr, "min_meta_lr")
+        self.iterations_per_epoch, self.multi_step_loss = check_count(iterations_per_epoch, "iterations_per_epoch"), \
+            bool(multi_step_loss)
         if per_step_bn:
             per_step_batchnorm(model, check_steps(inner_steps, "inner_steps") + 1)
         super().__init__(model, loss_fn, inner_lr, inner_steps, learn_lr=learn_lr, **options)
-        self.multi_step_loss, self.msl_epochs, self.first_order_epochs = bool(multi_step_loss), msl_epochs, \
-            first_order_epochs
-        self.cosine_iterations, self.min_meta_lr = cosine_iterations, min_meta_lr
-        self.iterations_per_epoch = iterations_per_epoch
         self.schedule = nn.Module()  # its buffer is saved as "mamlpp.iteration"
         self.schedule.register_buffer("iteration", torch.tensor(0))
 

@@ -1,10 +1,7 @@
-"""ProtoMAML (Triantafillou et al. 2020): MAML whose linear head starts each task as a prototype classifier.
-
-The support embeddings z (the final ``nn.Linear``'s input) give class prototypes c_k, and the head
-starts at W_k = 2c_k, b_k = −‖c_k‖²: logits −‖z − c_k‖² + ‖z‖², the prototypical network's. The inner
-loop then adapts body and head as MAML does. The head's start is a function of θ, so the
-meta-gradient flows through the prototypes into the body, also in first order (fo-Proto-MAML). The
-module's own head weights are never used; its shape fixes the number of ways.
+"""ProtoMAML (Triantafillou et al. 2020): MAML whose linear head starts each task as a prototype classifier:
+W_k = 2c_k, b_k = −‖c_k‖² from the support embeddings' class means c_k (the prototypical network's logits
+up to ‖z‖²), then body and head adapt as in MAML. The start is a function of θ, so the meta-gradient flows
+through the prototypes into the body, also in first order. The module's head only fixes the ways.
 """
 
 import torch.nn.functional as F
@@ -57,12 +54,8 @@ class PrototypeHead(Strategy):
     def _embed(self, loop: fn.InnerLoop, params: fn.Params, x: Tensor) -> Tensor:
         """The head's input for ``x``, by running the model with a hook on the head."""
         seen = {}
-
-        def keep(module, args, output):
-            seen.update(input=args[0], output=output)
-
         placeholder = {key: getattr(self.head, key.rsplit(".", 1)[-1]).detach() for key in self.excluded}
-        hook = self.head.register_forward_hook(keep)
+        hook = self.head.register_forward_hook(lambda module, args, output: seen.update(input=args[0], output=output))
         try:
             output = loop.at(0)({**params, **placeholder}, x)
         finally:
@@ -97,14 +90,9 @@ class PrototypeHead(Strategy):
 
 
 class ProtoMAML(MAML):
-    """ProtoMAML around an unmodified classifier whose last operation is a linear head.
-
-    Args (beyond ``MAML``'s):
-        head: the final ``nn.Linear`` in ``model.named_modules()`` (default: the last one); its output is the
-            model's, its ``out_features`` the number of ways.
-
-    Labels are integers in [0, ways), every class in every support set; ``adapt`` returns body and head
-    (``steps=0``: the prototype classifier) for ``predict``; ``learn_lr`` learns the head's rates too.
+    """ProtoMAML around an unmodified classifier whose last operation is the linear ``head`` (a name in
+    ``model.named_modules()``; default: the last ``nn.Linear``). Labels are integers in [0, ways), every class in
+    every support set; ``adapt`` returns body and head for ``predict``; ``learn_lr`` learns the head's rates too.
     """
 
     def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 1, *, head: str | None = None, **options):

@@ -1,8 +1,5 @@
-"""Reptile (Nichol, Achiam & Schulman 2018): move θ toward the weights each task adapts to.
-
-Each task runs ``inner_steps`` SGD steps from θ to φ_i; ``meta_backward`` writes ``.grad = mean_i (θ − φ_i)``,
-so ``torch.optim.SGD(lr=ε)`` is Reptile's θ ← θ + ε (mean_i φ_i − θ); Adam treats it as any gradient.
-"""
+"""Reptile (Nichol, Achiam & Schulman 2018): move θ toward the weights φ_i each task adapts to.
+``meta_backward`` writes ``.grad = mean_i (θ − φ_i)``, so ``torch.optim.SGD(lr=ε)`` is Reptile's update."""
 
 import torch
 
@@ -30,13 +27,9 @@ class TowardAdapted(NotALoss):
 
 
 class Reptile(MAML):
-    """Reptile around an unmodified ``nn.Module``, with MAML's other options and ``adapt``/``predict``/``evaluate``.
-
-    Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s):
-        inner_steps: SGD steps per task (k > 1, else Reptile is joint training on all tasks).
-        inner_data: ``"support"`` adapts on the support set (the query set gives the reported loss);
-            ``"all"`` on support and query together, as Reptile's update needs no held-out loss.
-    """
+    """Reptile around an unmodified ``nn.Module``; ``inner_steps`` SGD steps per task (k > 1, else it is joint
+    training) on ``inner_data``: ``"support"`` (the query set gives the reported loss) or ``"all"``, support and
+    query together, as Reptile's update needs no held-out loss. MAML's options less ``NOT_A_GRADIENT``'s."""
 
     does_not_take = NOT_A_GRADIENT
 
