@@ -1,9 +1,12 @@
-"""The one conjugate-gradient solver, shared by iMAML's implicit gradient and TRPO's natural gradient."""
+"""The one conjugate-gradient solver, shared by iMAML's implicit gradient and TRPO's natural gradient, and the
+Hessian-vector products of iMAML's system."""
 
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from mamlkit import functional as fn
 
 Vector = dict[str, Tensor]
 
@@ -41,3 +44,23 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, steps: int
         p = {n: r[n] + beta * p[n] for n in p}
         rr = rr_next
     return x
+
+
+def hessian_vector_product(loss_of: Callable[[fn.Params], Tensor], params: fn.Params,
+                           gradient: fn.Gradient) -> Callable[[fn.Params], fn.Params]:
+    """v ↦ ∇²loss(params) v: the gradient's graph built once, each product one pass back through it (H = Hᵀ)."""
+    if gradient is fn.func_gradient:
+        _, vjp = torch.func.vjp(torch.func.grad(loss_of), params)
+        return lambda v: vjp(v)[0]
+    with torch.enable_grad():
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        grads = torch.autograd.grad(loss_of(leaves), tuple(leaves.values()), create_graph=True, allow_unused=True)
+    used = [(n, g) for n, g in zip(leaves, grads) if g is not None and g.requires_grad]
+
+    def product(v):
+        if not used:
+            return {n: torch.zeros_like(p) for n, p in leaves.items()}
+        hv = torch.autograd.grad([g for _, g in used], tuple(leaves.values()), [v[n] for n, _ in used],
+                                 retain_graph=True, allow_unused=True)
+        return {n: torch.zeros_like(p) if h is None else h for (n, p), h in zip(leaves.items(), hv)}
+    return product

@@ -7,7 +7,7 @@ the task's meta-gradient is P g + (I + H/λ)⁻¹ (g − P g), g = ∇L_query(φ
 """
 
 import math
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -15,31 +15,11 @@ from torch import Tensor
 from mamlkit import functional as fn
 from mamlkit.checks import check_count, check_learning_rate
 from mamlkit.errors import MamlkitError
-from mamlkit.linalg import conjugate_gradient, dot
+from mamlkit.linalg import conjugate_gradient, dot, hessian_vector_product
 from mamlkit.maml import MAML
 from mamlkit.strategies import NOT_A_GRADIENT, NotALoss
 
 SUFFICIENT_DECREASE = 1e-4  # Armijo's constant (Nocedal & Wright 3.1): a constant of 1/2 refused Omniglot's α = 0.1
-
-
-def hessian_vector_product(loss_of: Callable[[fn.Params], Tensor], params: fn.Params,
-                           gradient: fn.Gradient) -> Callable[[fn.Params], fn.Params]:
-    """v ↦ ∇²loss(params) v: the gradient's graph built once, each product one pass back through it (H = Hᵀ)."""
-    if gradient is fn.func_gradient:
-        _, vjp = torch.func.vjp(torch.func.grad(loss_of), params)
-        return lambda v: vjp(v)[0]
-    with torch.enable_grad():
-        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        grads = torch.autograd.grad(loss_of(leaves), tuple(leaves.values()), create_graph=True, allow_unused=True)
-    used = [(n, g) for n, g in zip(leaves, grads) if g is not None and g.requires_grad]
-
-    def product(v):
-        if not used:
-            return {n: torch.zeros_like(p) for n, p in leaves.items()}
-        hv = torch.autograd.grad([g for _, g in used], tuple(leaves.values()), [v[n] for n, _ in used],
-                                 retain_graph=True, allow_unused=True)
-        return {n: torch.zeros_like(p) if h is None else h for (n, p), h in zip(leaves.items(), hv)}
-    return product
 
 
 class Implicit(NotALoss):
