@@ -121,6 +121,11 @@ class RLConfig:
     # options a resumed run may change besides engine.run.RESUMABLE (they keep the training valid)
     RESUMABLE: ClassVar[tuple[str, ...]] = ("env_threads", "env_workers", "render")
 
+    @property
+    def metaworld(self) -> bool:
+        """A Meta-World benchmark (the optional metaworld extra): success rates, no task parameters."""
+        return self.env in ("ml1", "ml10")
+
     def __post_init__(self):
         check_config(self, whole=("eval_steps", "seed", "env_workers"), widths=("hidden",),
                      positive=("iterations", "meta_batch", "trajectories", "horizon", "eval_tasks", "checkpoint_every",
@@ -131,7 +136,7 @@ class RLConfig:
             raise MamlkitError("gamma must be in (0, 1], gae_lambda in [0, 1] and backtrack_ratio in (0, 1)")
         if not (self.maml or self.pretrained or self.oracle):
             raise MamlkitError("nothing to train: --no-maml needs --pretrained or --oracle")
-        if self.oracle and self.env in ("ml1", "ml10"):
+        if self.oracle and self.metaworld:
             raise MamlkitError("--oracle observes a task's parameters; Meta-World's tasks have none to show "
                                "(a task is an index into its benchmark): drop --oracle")
 
@@ -139,7 +144,7 @@ class RLConfig:
 def make_env(config: RLConfig) -> TaskEnv:
     if config.env == "2dnav":
         return Navigation2D(config.horizon)
-    if config.env in ("ml1", "ml10"):
+    if config.metaworld:
         from mamlkit.rl.metaworld_tasks import make_metaworld_tasks  # the optional metaworld extra
         return make_metaworld_tasks(config.env, config.metaworld_task, config.horizon, config.env_workers)
     from mamlkit.rl.mujoco_tasks import make_mujoco_tasks  # gymnasium only for MuJoCo runs

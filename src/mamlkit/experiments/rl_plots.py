@@ -74,7 +74,7 @@ def render(config, env, policy, tasks, episodes, run_dir: Path) -> None:
     MuJoCo: a GIF of the policy after one step on test tasks (``render_gif`` of ``mujoco_tasks``
     or ``metaworld_tasks``)."""
     path = Path(run_dir) / "adapted_policy.gif"
-    if config.env in ("ml1", "ml10"):
+    if config.metaworld:
         from mamlkit.rl.metaworld_tasks import render_gif
         with writing(path):
             render_gif(config, env, policy, tasks, path)
