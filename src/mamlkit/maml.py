@@ -15,28 +15,8 @@ from mamlkit.mapping import TaskMapping
 from mamlkit.models.per_step_bn import PerStepBatchNorm
 from mamlkit.rates import LearnedRates
 from mamlkit.selection import ParameterSelection
+from mamlkit.state_names import check_rates, publish, rename
 from mamlkit.strategies import Strategy
-
-# (attribute prefix, public prefix) of state_dict keys and parameter names: the model's keys stay its own,
-# so a MAML checkpoint is a model checkpoint plus the rates (``LearnedRates.prefix``) and MAML++'s counter.
-PUBLIC = (("schedule.", "mamlpp."), ("model.", ""))
-RATE_PREFIXES = ("inner_lr.", "inner_lr_scale.")
-
-
-def _rename(key: str, prefix: str, pairs) -> str:
-    """``key`` with its first matching ``prefix + old`` replaced by ``prefix + new``."""
-    for old, new in pairs:
-        if key.startswith(prefix + old):
-            return prefix + new + key[len(prefix + old):]
-    return key
-
-
-def _rename_keys(module, state: dict, prefix: str, *hook_args, pairs) -> None:
-    """The state_dict hook (``pairs``: attribute -> public) and load_state_dict pre-hook (reversed); a partial
-    of a module-level function, so a whole MAML pickles."""
-    for key in [k for k in state if k.startswith(prefix)]:
-        state[_rename(key, prefix, pairs)] = state.pop(key)
-
 
 class MAML(nn.Module):
     """Model-Agnostic Meta-Learning around an unmodified ``nn.Module``.
@@ -99,9 +79,7 @@ class MAML(nn.Module):
         self._step_buffers = [f"{name}.step" if name else "step" for name, m in model.named_modules()
                               if isinstance(m, PerStepBatchNorm)]
         self._checked_dtypes = set()
-        self._public = (("rates.", self.rates.prefix), *PUBLIC)
-        self.register_state_dict_post_hook(partial(_rename_keys, pairs=self._public))
-        self.register_load_state_dict_pre_hook(partial(_rename_keys, pairs=tuple((b, a) for a, b in self._public)))
+        self._public = publish(self, learn_lr)
 
     @property
     def inner_lrs(self) -> dict[str, nn.Parameter]:
@@ -116,19 +94,11 @@ class MAML(nn.Module):
         """The meta-parameters: the model's parameters (its own names), then the rates as ``inner_lr.<name>``
         (LSLR: ``inner_lr_scale.<name>``)."""
         for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
-            yield _rename(name, prefix + "." if prefix else "", self._public), p
+            yield rename(name, prefix + "." if prefix else "", self._public), p
 
     def load_state_dict(self, state: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
         """Load ``state_dict()`` output (a plain model state dict where no rates are learned)."""
-        held = sorted(k for k in state if k.startswith(RATE_PREFIXES))
-        if held != sorted(self.rates.prefix + n for n in self.inner_lrs):
-            old_lslr = self.learn_lr == "lslr" and any(k.startswith("inner_lr.") for k in held)
-            raise MamlkitError(
-                f"the state holds learned rates {held[:2] or 'for no parameters'}{'...' * (len(held) > 2)} but this "
-                f"MAML (learn_lr={self.learn_lr!r}) learns {len(self.inner_lrs) or 'no'} rate tensors; " + (
-                    "it is an LSLR state saved before LSLR learned multiples of inner_lr: save each "
-                    "inner_lr.<name> divided by inner_lr as inner_lr_scale.<name>" if old_lslr else
-                    "build it with the learn_lr and adapt_only the state was saved with"))
+        check_rates(state, self.learn_lr, list(self.inner_lrs))
         try:
             return super().load_state_dict(state, strict, assign)
         except RuntimeError as error:

@@ -23,7 +23,6 @@ class LearnedRates(nn.Module):
             raise MamlkitError(f"learn_lr={kind!r} needs inner_steps >= 1 (the rates are learned through the "
                                f"inner steps)")
         self.kind, self.inner_lr = kind, inner_lr
-        self.prefix = "inner_lr_scale." if kind == "lslr" else "inner_lr."  # the public name of the rates
         for name, p in params.items() if kind else ():
             shape, initial = (p.shape, inner_lr) if kind == "metasgd" else ((inner_steps,), 1.0)
             self._owner(name).register_parameter(name.rsplit(".", 1)[-1], nn.Parameter(
