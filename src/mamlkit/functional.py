@@ -35,11 +35,9 @@ def autograd_gradient(loss_of: Callable[[Params], Tensor], params: Params, creat
     with torch.enable_grad():
         # Parameters outside any outer graph (evaluation) become fresh leaves to differentiate.
         params = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in params.items()}
-        loss = loss_of(params)
-        grads = torch.autograd.grad(loss, tuple(params.values()), create_graph=create_graph,
+        grads = torch.autograd.grad(loss_of(params), tuple(params.values()), create_graph=create_graph,
                                     allow_unused=True)
-    return {name: torch.zeros_like(p) if g is None else g
-            for (name, p), g in zip(params.items(), grads)}
+    return {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), grads)}
 
 
 def rate_at(lr, step: int):

@@ -28,8 +28,8 @@ class MAML(nn.Module):
     Args (docs/algorithms.md says more):
         model: any module; frozen parameters are used but not adapted, buffers passed through, tied weights stay tied.
         loss_fn: ``loss_fn(prediction, target) -> scalar``, in the inner loop and on the query set.
-        inner_lr, inner_steps: α (the start of learned rates) and the inner steps of meta-training.
-        eval_inner_steps: inner steps for ``evaluate``/``adapt`` (defaults to ``inner_steps``).
+        inner_lr, inner_steps, eval_inner_steps: α (where learned rates start), the inner steps of meta-training
+            and of ``evaluate``/``adapt`` (default: ``inner_steps``).
         first_order: stop the gradient through the inner gradient.
         batching: ``"vmap"``, ``"loop"`` (plain autograd, task by task) or ``"auto"``: vmap unless the model
             cannot take it, and ``meta_backward`` times vmap, vmap in chunks and the loop and keeps the fastest.

@@ -76,9 +76,8 @@ class TaskMapping:
 
     def __call__(self, per_task, tensors: tuple[Tensor, ...], chunk_size: int | None = None) -> Tensor:
         """``per_task`` over the tasks of ``tensors``, ``chunk_size`` tasks at a time (all by default)."""
-        chunk_size = chunk_size or tensors[0].shape[0]
-        return torch.cat([self._map(per_task, tuple(t[i:i + chunk_size] for t in tensors))
-                          for i in range(0, tensors[0].shape[0], chunk_size)])
+        size, tasks = chunk_size or len(tensors[0]), len(tensors[0])
+        return torch.cat([self._map(per_task, tuple(t[i:i + size] for t in tensors)) for i in range(0, tasks, size)])
 
     def _map(self, per_task, tensors: tuple[Tensor, ...]) -> Tensor:
         if self.uses_vmap():

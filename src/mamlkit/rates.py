@@ -20,8 +20,7 @@ class LearnedRates(nn.Module):
         if kind not in LEARN_LR:
             raise MamlkitError(f"learn_lr must be one of {LEARN_LR}, got {kind!r}")
         if kind is not None and inner_steps < 1:
-            raise MamlkitError(f"learn_lr={kind!r} needs inner_steps >= 1 (the rates are learned through the "
-                               f"inner steps)")
+            raise MamlkitError(f"learn_lr={kind!r} needs inner_steps >= 1 (rates are learned through the inner steps)")
         self.kind, self.inner_lr = kind, inner_lr
         for name, p in params.items() if kind else ():
             shape, initial = (p.shape, inner_lr) if kind == "metasgd" else ((inner_steps,), 1.0)
@@ -38,8 +37,7 @@ class LearnedRates(nn.Module):
         return owner
 
     def schedule(self, rates: dict[str, Tensor] | None = None):
-        """The inner ``lr``: α, Meta-SGD's mapping, or LSLR's function of the step (later steps reuse the
-        last rates); ``rates`` replace the learned tensors."""
+        """The inner ``lr``: α, Meta-SGD's mapping or LSLR's function of the step; ``rates`` replace the learned."""
         rates = dict(self.named_parameters()) if rates is None else rates
         if self.kind == "metasgd":
             return dict(rates)

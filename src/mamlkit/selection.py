@@ -1,5 +1,4 @@
-"""What the inner loop adapts: the split of a model's tensors into adapted parameters θ, parameters
-that are meta-learned but fixed within a task (ANIL's body), and constants (frozen parameters, buffers)."""
+"""What the inner loop adapts: θ, the parameters meta-learned but fixed within a task (ANIL's body), constants."""
 
 import fnmatch
 from typing import Sequence

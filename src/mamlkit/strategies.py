@@ -12,8 +12,7 @@ from mamlkit.chunked import backward_in_chunks
 from mamlkit.errors import MamlkitError
 from mamlkit.mapping import vmap_tasks
 
-# MAML's options that mean nothing to a family whose update is not autograd through the inner loop
-NOT_A_GRADIENT = {
+NOT_A_GRADIENT = {  # MAML's options that mean nothing to a family whose update is not autograd through the loop
     "learn_lr": "its update is not a gradient through the inner loop, so learned rates would get none",
     "compile": "compile=True compiles the gradient of the meta-loss, and its update is not one",
     "checkpoint_inner": "it keeps no graph of the inner loop, so there is nothing to checkpoint",

@@ -55,7 +55,7 @@ def accepts(name: str, option: str) -> bool:
 
 
 def build_algorithm(name: str, model: nn.Module, loss_fn, **options) -> MAML:
-    """The meta-learner ``name`` (a key of ``ALGORITHMS``) around ``model``; a refused option is MAML's one-line error."""
+    """The meta-learner ``name`` (a key of ``ALGORITHMS``) around ``model``; a refused option is a one-line error."""
     if name not in ALGORITHMS:
         raise MamlkitError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
     unknown = set(options) - _keywords(name)

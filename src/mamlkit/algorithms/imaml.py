@@ -90,8 +90,7 @@ class IMAML(MAML):
 
     Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s; first order by construction): ``inner_lr`` and
     ``inner_steps`` on the proximal problem; ``lam``, λ > 0 (larger keeps φ nearer θ); ``cg_steps`` ≥ 1
-    conjugate-gradient iterations per task, stopped once the residual is below ``cg_tol`` ‖g − P g‖.
-    """
+    conjugate-gradient iterations per task, stopped once the residual is below ``cg_tol`` ‖g − P g‖."""
 
     does_not_take = NOT_A_GRADIENT
 

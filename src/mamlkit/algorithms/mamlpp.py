@@ -12,23 +12,19 @@ from mamlkit.models.per_step_bn import per_step_batchnorm
 def importance_weights(steps: int, epoch: int, msl_epochs: int) -> list[float]:
     """MAML++'s per-step loss weights at ``epoch``: uniform at 0, moving linearly to the last step;
     each non-final weight stays ≥ 0.03/steps and the weights sum to 1."""
-    decay = 1.0 / steps / msl_epochs
-    floor = 0.03 / steps
+    decay, floor = 1.0 / steps / msl_epochs, 0.03 / steps
     weights = [max(1.0 / steps - epoch * decay, floor) for _ in range(steps - 1)]
     return weights + [min(1.0 / steps + epoch * (steps - 1) * decay, 1.0 - (steps - 1) * floor)]
 
 
 class MAMLPlusPlus(MAML):
-    """MAML with MAML++'s training tricks; every switch defaults to the paper's setting, derivative order to
-    the official configs'.
-
-    Args (beyond ``MAML``'s; docs/algorithms.md): ``learn_lr`` (default LSLR); ``multi_step_loss``: while
-    ``epoch < msl_epochs`` the meta-objective is Σ_s v_s L_query(θ_s), v annealed from uniform toward the last
-    step; ``per_step_bn``: the model's BatchNorms become ``PerStepBatchNorm``, in place (build the optimizer
+    """MAML with MAML++'s training tricks, each a switch defaulting to the paper's setting (derivative order: the
+    official configs'). Args beyond ``MAML``'s (docs/algorithms.md): ``learn_lr`` (default LSLR); ``multi_step_loss``:
+    while ``epoch < msl_epochs`` the meta-objective is Σ_s v_s L_query(θ_s), v annealed from uniform toward the
+    last step; ``per_step_bn``: the model's BatchNorms become ``PerStepBatchNorm``, in place (build the optimizer
     afterwards); first order while ``epoch < first_order_epochs`` (0, the official configs'; the paper's text
     says 50, which trained worse on the sinusoid); ``cosine_iterations``: cosine annealing of the meta learning
-    rate to ``min_meta_lr`` (``lr_scheduler``); ``iterations_per_epoch`` (paper: 500).
-    """
+    rate to ``min_meta_lr`` (``lr_scheduler``); ``iterations_per_epoch`` (paper: 500)."""
 
     def __init__(self, model: nn.Module, loss_fn, inner_lr: float, inner_steps: int = 5, *,
                  learn_lr: str | None = "lslr", multi_step_loss: bool = True, msl_epochs: int = 10,
@@ -36,7 +32,8 @@ class MAMLPlusPlus(MAML):
                  min_meta_lr: float = 1e-5, iterations_per_epoch: int = 500, **options):
         self.msl_epochs, self.first_order_epochs = check_steps(msl_epochs, "msl_epochs"), check_steps(
             first_order_epochs, "first_order_epochs")  # all checked before per_step_bn changes the model
-        self.cosine_iterations = None if cosine_iterations is None else check_count(cosine_iterations, "cosine_iterations")
+        self.cosine_iterations = None if cosine_iterations is None else check_count(cosine_iterations,
+                                                                                    "cosine_iterations")
         self.min_meta_lr = check_learning_rate(min_meta_lr, "min_meta_lr")
         self.iterations_per_epoch, self.multi_step_loss = check_count(iterations_per_epoch, "iterations_per_epoch"), \
             bool(multi_step_loss)
@@ -76,7 +73,5 @@ class MAMLPlusPlus(MAML):
 
     def lr_scheduler(self, optimizer: torch.optim.Optimizer):
         """Cosine annealing to ``min_meta_lr`` over ``cosine_iterations``, or None when that switch is off."""
-        if self.cosine_iterations is None:
-            return None
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.cosine_iterations,
-                                                          eta_min=self.min_meta_lr)
+        return None if self.cosine_iterations is None else torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=self.cosine_iterations, eta_min=self.min_meta_lr)

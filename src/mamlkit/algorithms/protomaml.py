@@ -92,8 +92,7 @@ class PrototypeHead(Strategy):
 class ProtoMAML(MAML):
     """ProtoMAML around an unmodified classifier whose last operation is the linear ``head`` (a name in
     ``model.named_modules()``; default: the last ``nn.Linear``). Labels are integers in [0, ways), every class in
-    every support set; ``adapt`` returns body and head for ``predict``; ``learn_lr`` learns the head's rates too.
-    """
+    every support set; ``adapt`` returns body and head for ``predict``; ``learn_lr`` learns the head's rates too."""
 
     def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 1, *, head: str | None = None, **options):
         super().__init__(model, loss_fn, inner_lr, inner_steps, strategy=PrototypeHead(model, head), **options)
