@@ -47,6 +47,8 @@ def test_omniglot_run_selects_on_validation_and_reevaluates(tmp_path, capsys, mo
     assert len(results["accuracy"]) == 4 and results["eval_tasks"] == 20  # 0..3 inner steps
     assert results["checkpoint_iteration"] in (3, 6)
     assert all(0 <= a <= 100 for a in results["accuracy"])
+    assert len(results["task_accuracy"]) == 20  # per test task, for paired comparisons
+    assert abs(sum(results["task_accuracy"]) / 20 - results["accuracy"][-1]) < 1e-3
     validated = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val/accuracy" in r]
     assert [r["iteration"] for r in validated] == [3, 6]
     best = max(validated, key=lambda r: r["val/accuracy"])

@@ -266,7 +266,9 @@ def evaluate(config: FewShotConfig, run_dir: Path, samplers: dict | None = None)
     mean, ci = mean_and_ci95(curves * 100)
     results = {"metric": "test accuracy % after each inner step (index = steps)", "algo": config.algo,
                "checkpoint_iteration": state["iteration"], "val_accuracy": state["val_accuracy"],
-               "eval_tasks": config.eval_tasks, "accuracy": mean.tolist(), "ci95": ci.tolist()}
+               "eval_tasks": config.eval_tasks, "accuracy": mean.tolist(), "ci95": ci.tolist(),
+               # per test task after the last step, for paired comparisons of runs (benchmarks/paired.py)
+               "task_accuracy": [round(a, 4) for a in (curves[:, -1] * 100).tolist()]}
     if not distributed.is_main():
         return results
     write_json(Path(run_dir) / "results.json", results)

@@ -1,0 +1,61 @@
+"""Two few-shot runs compared task by task on the same test tasks: is one really better?
+
+Every run of a preset tests on the same tasks (drawn with the test seed from the same split, ways,
+shots, queries and count), so the accuracies pair up; the difference per task has a far narrower
+interval than the two runs' separate ones. Reads ``task_accuracy`` from each run's results.json
+(written by ``mamlkit train`` and ``mamlkit eval RUN``; re-evaluate an older run to add it).
+
+    python benchmarks/paired.py RUN_A RUN_B
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from mamlkit.stats import mean_and_ci95  # noqa: E402
+
+# The config fields that fix the test tasks; the runs may differ in anything else (the method).
+SAME_TASKS = ("dataset", "split", "ways", "shots", "queries", "eval_tasks")
+
+
+def load(run: Path) -> tuple[dict, dict]:
+    results, config = (json.loads((run / name).read_text()) for name in ("results.json", "config.json"))
+    if "task_accuracy" not in results:
+        raise SystemExit(f"{run}/results.json has no per-task accuracies; run `mamlkit eval {run}` to add them")
+    return results, config
+
+
+def compare(run_a: Path, run_b: Path) -> dict:
+    (a, config_a), (b, config_b) = load(run_a), load(run_b)
+    differing = [key for key in SAME_TASKS if config_a.get(key) != config_b.get(key)]
+    if differing:
+        raise SystemExit(f"the runs were tested on different tasks ({', '.join(differing)} differ); "
+                         f"a paired comparison needs the same preset protocol")
+    accuracy = torch.tensor([a["task_accuracy"], b["task_accuracy"]], dtype=torch.float64).T
+    mean, ci = mean_and_ci95(torch.cat([accuracy, accuracy[:, :1] - accuracy[:, 1:]], dim=1))
+    return {"tasks": len(accuracy), "a": (mean[0].item(), ci[0].item()), "b": (mean[1].item(), ci[1].item()),
+            "difference": (mean[2].item(), ci[2].item()), "a_better": int((accuracy[:, 0] > accuracy[:, 1]).sum()),
+            "b_better": int((accuracy[:, 0] < accuracy[:, 1]).sum())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+    args = parser.parse_args()
+    result = compare(args.run_a, args.run_b)
+    print(f"| run | test accuracy % ({result['tasks']} tasks) |\n|---|---|")
+    for key, run in (("a", args.run_a), ("b", args.run_b)):
+        print(f"| {run.name} | {result[key][0]:.2f} ± {result[key][1]:.2f} |")
+    difference, ci = result["difference"]
+    print(f"| {args.run_a.name} − {args.run_b.name}, paired | {difference:+.2f} ± {ci:.2f} |\n\n"
+          f"{args.run_a.name} better on {result['a_better']} tasks, {args.run_b.name} on {result['b_better']}, "
+          f"tied on {result['tasks'] - result['a_better'] - result['b_better']}")
+
+
+if __name__ == "__main__":
+    main()
