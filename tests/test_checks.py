@@ -53,7 +53,7 @@ def test_a_diverging_inner_loop_is_an_error_not_a_nan():
         one_line_error("the evaluation metrics became NaN", lambda: maml.evaluate(*batch))
         # the meta-loss is returned, not raised: the training loop names the iteration it diverged at
         assert not torch.isfinite(maml.meta_backward(*batch))
-    imaml = IMAML(mlp(), F.mse_loss, 1e30, 3)  # refuses every step that does not descend, so φ stays at θ
+    imaml = IMAML(mlp(), F.mse_loss, 1e30, 3, lam=1.0)  # refuses every step that does not descend, so φ stays at θ
     adapted = imaml.adapt(batch[0][0], batch[1][0])
     assert all(torch.equal(adapted[n], p.detach()) for n, p in imaml.parameters_to_adapt().items())
     assert torch.isfinite(imaml.meta_backward(*batch))

@@ -1,5 +1,7 @@
 """Reptile, iMAML and ProtoMAML, each checked in float64 against references that share no code with mamlkit."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,15 +185,23 @@ def test_conjugate_gradient_solves_positive_definite_systems_and_stops_on_negati
 def test_imaml_cg_tolerance_stops_iterating():
     model, batch = tanh_mlp(), regression_tasks()
     # 300 steps solve the inner problem, so the right-hand side is g itself; the zero start already meets the tolerance
-    IMAML(model, F.mse_loss, 0.3, 300, cg_tol=1.0).meta_backward(*batch)
+    IMAML(model, F.mse_loss, 0.3, 300, lam=1.0, cg_tol=1.0).meta_backward(*batch)
     assert flat_grad(model).abs().max() < 1e-12
     model.zero_grad()
-    exact = IMAML(model, F.mse_loss, 0.1, 5, cg_steps=17, cg_tol=0.0)
+    exact = IMAML(model, F.mse_loss, 0.1, 5, lam=1.0, cg_steps=17, cg_tol=0.0)
     exact.meta_backward(*batch)
     full = flat_grad(model).clone()
     model.zero_grad()
-    IMAML(model, F.mse_loss, 0.1, 5, cg_steps=17, cg_tol=1e-3).meta_backward(*batch)
+    IMAML(model, F.mse_loss, 0.1, 5, lam=1.0, cg_steps=17, cg_tol=1e-3).meta_backward(*batch)
     assert 0 < rel(flat_grad(model), full) < 1e-2
+
+
+def test_imaml_default_lam_makes_the_steps_leave_at_most_one_over_e_unsolved():
+    """λ = 1/(α k): along a direction of zero curvature k steps shrink the unsolved part to (1 − αλ)^k."""
+    for lr, steps in ((0.01, 10), (0.1, 5), (0.4, 1)):
+        lam = IMAML(tanh_mlp(), F.mse_loss, lr, steps).strategy.lam
+        assert lam == pytest.approx(1 / (lr * steps)) and (1 - lr * lam) ** steps <= math.exp(-1)
+    assert IMAML(tanh_mlp(), F.mse_loss, 0.01, 10, lam=2.0).strategy.lam == 2.0
 
 
 def test_imaml_evaluate_and_adapt_follow_the_proximal_inner_loop():
@@ -438,6 +448,7 @@ class LinearThenTanh(nn.Module):
     (lambda: IMAML(tanh_mlp(), F.mse_loss, 0.1, lam=0), "lam"),
     (lambda: IMAML(tanh_mlp(), F.mse_loss, 0.1, lam=-1.0), "lam"),
     (lambda: IMAML(tanh_mlp(), F.mse_loss, 0.1, lam=float("nan")), "lam"),
+    (lambda: IMAML(tanh_mlp(), F.mse_loss, 0.0), "by default 1 / \\(inner_lr · inner_steps\\)\\) must be .* got None"),
     (lambda: IMAML(tanh_mlp(), F.mse_loss, 0.1, cg_tol=-1e-3), "cg_tol"),
     (lambda: ProtoMAML(nn.Sequential(nn.Conv1d(1, 1, 1)), F.cross_entropy, 0.1), "has none"),
     (lambda: ProtoMAML(Net(), F.cross_entropy, 0.1, head="classifier"), "not a submodule"),

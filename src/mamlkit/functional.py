@@ -1,6 +1,7 @@
 """MAML's inner loop as pure functions over parameter dicts, so the same code runs for one task, under ``vmap``
 and under ``torch.compile``; first order differs only in a detached inner gradient."""
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
@@ -82,9 +83,7 @@ def trajectory(loop: InnerLoop, params: Params, x: Tensor, y: Tensor, steps: int
 
 def last(items: Iterator):
     """The final element of an iterator (the adapted parameters at the end of a trajectory)."""
-    for item in items:
-        pass
-    return item
+    return deque(items, maxlen=1).pop()
 
 
 def query_loss(loop: InnerLoop, path: Iterator[Params], query_x: Tensor, query_y: Tensor,

@@ -31,9 +31,7 @@ class LearnedRates(nn.Module):
         """The (new) submodule that holds the rate of parameter ``name``: ``a.b.w`` lives in ``self.a.b``."""
         owner = self
         for part in name.split(".")[:-1]:
-            if part not in owner._modules:
-                owner.add_module(part, nn.Module())
-            owner = owner._modules[part]
+            owner = owner._modules.setdefault(part, nn.Module())
         return owner
 
     def schedule(self, rates: dict[str, Tensor] | None = None):

@@ -3,8 +3,7 @@
 Each task minimises L_support(φ) + λ/2 ‖φ − θ‖² from φ = θ; at a minimum φ*, dφ*/dθ = (I + H/λ)⁻¹
 (H = ∇²L_support(φ*)), solved by conjugate gradient, in memory that does not grow with the steps. k steps
 that do not reach φ* pass on P = Π_s (I − α_s (H + λI)) of θ unsolved (exact on a quadratic loss), so
-the task's meta-gradient is P g + (I + H/λ)⁻¹ (g − P g), g = ∇L_query(φ_k) (docs/algorithms.md).
-"""
+the task's meta-gradient is P g + (I + H/λ)⁻¹ (g − P g), g = ∇L_query(φ_k) (docs/algorithms.md)."""
 
 import math
 from typing import Iterator
@@ -13,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mamlkit import functional as fn
-from mamlkit.checks import check_count, check_learning_rate
+from mamlkit.checks import check_count, check_learning_rate, check_steps
 from mamlkit.errors import MamlkitError
 from mamlkit.linalg import conjugate_gradient, dot, hessian_vector_product
 from mamlkit.maml import MAML
@@ -28,7 +27,8 @@ class Implicit(NotALoss):
     def __init__(self, lam: float, cg_steps: int, cg_tol: float):
         super().__init__()
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam <= 0:
-            raise MamlkitError(f"lam (iMAML's proximal strength λ) must be a finite number > 0, got {lam!r}")
+            raise MamlkitError(f"lam (iMAML's proximal strength λ, by default 1 / (inner_lr · inner_steps)) must be a "
+                               f"finite number > 0, got {lam!r}")
         self.lam, self.cg_steps = float(lam), check_count(cg_steps, "cg_steps")
         self.cg_tol = check_learning_rate(cg_tol, "cg_tol")
 
@@ -88,13 +88,16 @@ class Implicit(NotALoss):
 class IMAML(MAML):
     """iMAML around an unmodified ``nn.Module``; ``adapt``/``evaluate`` use the same proximal inner loop.
 
-    Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s; first order by construction): ``inner_lr`` and
-    ``inner_steps`` on the proximal problem; ``lam``, λ > 0 (larger keeps φ nearer θ); ``cg_steps`` ≥ 1
-    conjugate-gradient iterations per task, stopped once the residual is below ``cg_tol`` ‖g − P g‖."""
+    Args (beyond ``MAML``'s, less ``NOT_A_GRADIENT``'s; first order by construction): ``inner_lr``, ``inner_steps``
+    (α, k) on the proximal problem; ``lam``, λ > 0, by default 1 / (α k), so that the k steps leave at most 1/e of
+    it unsolved along any direction (the implicit gradient assumes it solved); ``cg_steps`` ≥ 1 conjugate-gradient
+    iterations per task, stopped once the residual is below ``cg_tol`` ‖g − P g‖."""
 
     does_not_take = NOT_A_GRADIENT
 
-    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 10, *, lam: float = 1.0,
+    def __init__(self, model, loss_fn, inner_lr: float, inner_steps: int = 10, *, lam: float | None = None,
                  cg_steps: int = 5, cg_tol: float = 1e-10, **options):
+        if lam is None and check_learning_rate(inner_lr, "inner_lr") * check_steps(inner_steps, "inner_steps") > 0:
+            lam = 1 / (inner_lr * inner_steps)
         super().__init__(model, loss_fn, inner_lr, inner_steps, strategy=Implicit(lam, cg_steps, cg_tol),
                          **{"first_order": True, **options})

@@ -19,8 +19,7 @@ def find_head(model: nn.Module, name: str | None) -> tuple[str, nn.Linear]:
     if name is None:
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         if not linears:
-            raise MamlkitError("ProtoMAML needs a final nn.Linear head; the model has none "
-                               "(add one, or name the head with head='...')")
+            raise MamlkitError("ProtoMAML needs a final nn.Linear head; the model has none: add one or pass head=")
         name = linears[-1]
     if name not in modules:
         raise MamlkitError(f"head {name!r} is not a submodule of the model; pass one of the names in "
