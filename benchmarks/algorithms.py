@@ -66,14 +66,13 @@ def registered(name: str):
 # The papers' settings where they exist (MAML: α = 0.01 sinusoid, 0.4 Omniglot with the N-scaled loss).
 # With 5 inner steps α = 0.4 overshoots on Omniglot (iMAML's query loss went above chance; Reptile
 # and ProtoMAML were behind α = 0.1 in 40-iteration checks). iMAML and MAML++ run at their
-# defaults (iMAML: λ = 1, 10 inner steps, 5 CG steps; MAML++: every switch, LSLR included).
+# defaults (iMAML: λ = 1/(α k), 10 inner steps, 5 CG steps; MAML++: every switch, LSLR included).
 SIN, OMNI = dict(inner_lr=0.01, eval_inner_steps=10), dict(inner_lr=0.4, eval_inner_steps=3)
 VARIANTS = {
     "maml": Variant(registered("maml"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1}),
     "reptile": Variant(Reptile, {**SIN, "inner_steps": 5, "inner_data": "all"},
                        {**OMNI, "inner_lr": 0.1, "inner_steps": 5, "inner_data": "all"}),
-    "imaml": Variant(IMAML, SIN, {**OMNI, "inner_lr": 0.1, "inner_steps": 5, "eval_inner_steps": 5, "lam": 2.0,
-                                  "cg_steps": 5}),
+    "imaml": Variant(IMAML, SIN, {**OMNI, "inner_lr": 0.1, "inner_steps": 5, "eval_inner_steps": 5}),
     "protomaml": Variant(ProtoMAML, None, {**OMNI, "inner_lr": 0.1, "inner_steps": 1}),
     "metasgd": Variant(registered("metasgd"), {**SIN, "inner_steps": 1}, {**OMNI, "inner_steps": 1},
                        sinusoid_eval_steps=1),
