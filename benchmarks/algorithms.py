@@ -209,16 +209,18 @@ def table(rows: dict) -> str:
 
 
 def with_kept_rows(rows: dict, previous: Path) -> tuple[dict, str]:
-    """``rows`` completed by a previous run's .json: each (variant, task) not rerun keeps its old cells;
-    a note for the header says which, and from when."""
+    """``rows`` completed by a previous run's .json: each (variant, task) not rerun keeps its old cells
+    and the time it was measured (a row without one, that of the previous run); the header says which."""
     kept = json.loads(previous.read_text())
-    when = kept.get("header") or previous.with_suffix(".md").read_text().splitlines()[0]
-    merged, old = {}, []
-    for name in dict.fromkeys([*kept["rows"], *rows]):
+    when = (kept.get("header") or previous.with_suffix(".md").read_text().splitlines()[0]).split(",")[0]
+    merged, old = {}, {}
+    for name in [name for name in VARIANTS if name in kept["rows"] or name in rows]:
         new, before = rows.get(name, {}), kept["rows"].get(name, {})
-        old += [f"{name} {task}" for task in before if task not in new]
+        for task in before.keys() - new.keys():
+            before[task].setdefault("measured", when)
+            old.setdefault(before[task]["measured"], []).append(f"{name} {task}")
         merged[name] = {**before, **new}
-    return merged, (f"; kept from the run of {when.split(',')[0]}: {', '.join(old)}" if old else "")
+    return merged, "".join(f"; kept from {time}: {', '.join(names)}" for time, names in sorted(old.items()))
 
 
 def run_variant_task(name: str, task: str, args) -> dict:
@@ -227,7 +229,7 @@ def run_variant_task(name: str, task: str, args) -> dict:
            "--threads", str(args.threads), "--data", args.data, *(["--options", *args.options] if args.options else [])]
     row = harness.run_row({}, cmd)
     print(f"{name} {task}: {row.get('status')}", file=sys.stderr, flush=True)
-    return row
+    return {**row, "measured": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"}
 
 
 def main(args) -> None:
