@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from mamlkit import MAML  # noqa: E402
 from mamlkit.compiled_iteration import CompiledMetaLearner, meta_learner  # noqa: E402
+from mamlkit.cuda_graph import GraphedMetaLearner  # noqa: E402
 from mamlkit.engine.trainer import MetaLearner  # noqa: E402
 from mamlkit.experiments import fewshot, sinusoid  # noqa: E402
 from mamlkit.models.conv import miniimagenet_conv, omniglot_conv, omniglot_mlp  # noqa: E402
@@ -55,10 +57,15 @@ from mamlkit.models.mlp import mlp  # noqa: E402
 from mamlkit.presets import get_preset  # noqa: E402
 from mamlkit.tasks.sinusoid import SinusoidTasks  # noqa: E402
 from mamlkit.tasks.stream import batch_generator  # noqa: E402
-from reference import reference_meta_grad, relative_error  # noqa: E402  (tests/reference.py)
+from reference import reference_meta_grad, relative_error, trainable  # noqa: E402  (tests/reference.py)
 from zoo import CASES, image_batch, regression_batch  # noqa: E402  (tests/zoo.py)
 
 TOLERANCE = 1e-10
+# Adam divides each gradient element by its own magnitude (+ eps = 1e-8): rounding of order 1e-16 · max|g|
+# in an element whose |g| is far below max|g| moves it by up to ~1e-16 · max|g| / eps of a full step, so two
+# exact paths whose kernels round differently (cuBLAS inside and outside a capture) agree only to ~1e-8.
+ADAM_TOLERANCE = 1e-8
+SECTIONS = ("gradients", "graph", "eager", "path", "compiled")
 PAPER_CASES = {  # full-size networks, 2 tasks each
     "paper sinusoid mlp 1-40-40-1": (lambda: mlp((1, 40, 40, 1)), lambda: regression_batch(2, 10, 1), F.mse_loss),
     "paper omniglot conv 4x64": (lambda: omniglot_conv(5), lambda: image_batch(2, 5, 5, size=28), F.cross_entropy),
@@ -74,10 +81,15 @@ def parse_args():
     parser.add_argument("--quick", action="store_true", help="fewer timed iterations")
     parser.add_argument("--compile", choices=["all", "sinusoid", "none"], default="all",
                         help="which workloads also run compiled (Omniglot compiles for minutes on a CPU)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, of {', '.join(SECTIONS)} (a report holds the sections run)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "omniglot")
     parser.add_argument("--out", type=Path, help="markdown report (JSON beside it; default "
                         "benchmarks/results/gpu_check.md on CUDA, $TMPDIR/gpu_check_cpu.md otherwise)")
     args = parser.parse_args()
+    args.sections = args.sections.split(",")
+    if not set(args.sections) <= set(SECTIONS):
+        raise SystemExit(f"gpu_check: --sections takes {', '.join(SECTIONS)}, got {args.sections}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible; run with --device cpu to check the script itself")
     args.device = torch.device(args.device)
@@ -120,6 +132,52 @@ def gradient_checks(device: torch.device) -> list[dict]:
     return rows
 
 
+def graph_checks(device: torch.device) -> list[dict]:
+    """The CUDA-graph learner (--compile cuda-graph) in float64, 4 meta-iterations (the first eager, then
+    captured and replayed) on the same batches: with SGD its parameters' displacement against SGD on
+    the CPU reference loop's meta-gradients (the captured meta-gradient is exact); with Adam against
+    the eager learner on the device (the captured optimizer step is the eager one), to ADAM_TOLERANCE."""
+    rows = []
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for name in ("paper omniglot conv 4x64", "paper omniglot mlp"):
+            make_model, make_batch, loss_fn = PAPER_CASES[name]
+            for first_order in (False, True):
+                torch.manual_seed(0)
+                model, batches = make_model(), [make_batch() for _ in range(4)]
+                start = {n: p.detach().clone() for n, p in model.named_parameters()}
+                reference = copy.deepcopy(model)
+                optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+                for batch in batches:
+                    grads = reference_meta_grad(reference, loss_fn, 0.3, 2, batch, first_order=first_order)
+                    for n, p in trainable(reference).items():
+                        p.grad = grads[n]
+                    optimizer.step()
+                moved = {}
+                for optimizer_name, learner_class, make_optimizer in (
+                        ("SGD", GraphedMetaLearner, partial(torch.optim.SGD, lr=0.1)),
+                        ("Adam", GraphedMetaLearner, partial(torch.optim.Adam, lr=1e-3)),
+                        ("Adam eager", MetaLearner, partial(torch.optim.Adam, lr=1e-3))):
+                    on_device = copy.deepcopy(model).to(device)
+                    learner = learner_class(MAML(on_device, loss_fn, inner_lr=0.3, inner_steps=2, batching="vmap",
+                                                 first_order=first_order), make_optimizer(on_device.parameters()))
+                    for batch in batches:
+                        learner.step(tuple(t.to(device) for t in batch))
+                    moved[optimizer_name] = {n: p.detach().cpu() - start[n] for n, p in on_device.named_parameters()}
+                moved["SGD reference"] = {n: p.detach() - start[n] for n, p in reference.named_parameters()}
+                for compared, against, tolerance in (("SGD", "SGD reference", TOLERANCE),
+                                                     ("Adam", "Adam eager", ADAM_TOLERANCE)):
+                    error = relative_error(moved[compared], moved[against])
+                    rows.append({"model": name, "order": "first" if first_order else "second",
+                                 "batching": f"CUDA graph, 4 {compared} steps vs {against} (pass < {tolerance:g})",
+                                 "rel_error": error, "ok": error < tolerance, "s": 0.0})
+                    print(f"graph {name:32s} {rows[-1]['order']:6s} {rows[-1]['batching']:40s} {error:.1e}", flush=True)
+    finally:
+        torch.set_default_dtype(previous)
+    return rows
+
+
 # -- 2. timed meta-iterations ------------------------------------------------------------------------
 def time_steps(learner, batches, device, warmup: int, iters: int) -> dict:
     start = time.perf_counter()
@@ -139,12 +197,15 @@ def time_steps(learner, batches, device, warmup: int, iters: int) -> dict:
     return {"ms_median": statistics.median(blocks), "ms_min": min(blocks), "first_call_s": first}
 
 
-def sinusoid_learner(device, compiled: bool):
-    """What `mamlkit train sinusoid` runs: compiled, the meta-gradient and Adam step as one call."""
+def sinusoid_learner(device, compiled: bool, graphed: bool = False):
+    """What `mamlkit train sinusoid` runs: compiled, the meta-gradient and Adam step as one call
+    (``graphed``: the eager iteration captured as a CUDA graph instead)."""
     config = dataclasses.replace(get_preset("sinusoid").config, device=str(device))
     model = sinusoid.build_models(config)["maml"]
-    return meta_learner(sinusoid.make_maml(config, model), torch.optim.Adam(model.parameters(), lr=config.meta_lr),
-                        compile_iteration=compiled), config
+    maml, optimizer = sinusoid.make_maml(config, model), torch.optim.Adam(model.parameters(), lr=config.meta_lr)
+    if graphed:
+        return GraphedMetaLearner(maml, optimizer), config
+    return meta_learner(maml, optimizer, compile_iteration=compiled), config
 
 
 def choose_path(learner, batches) -> str:
@@ -186,6 +247,11 @@ FEWSHOT_WORKLOADS = {  # preset: the row's name
 }
 
 
+def eager_batchings(device: torch.device) -> tuple[str, ...]:
+    """On a GPU the loop is timed by 'auto' among its candidates (it lost 7-12x to vmap on an H200)."""
+    return ("vmap", "auto", "cuda graph") if device.type == "cuda" else ("vmap", "loop", "auto")
+
+
 def timings(args, compiled: bool) -> list[dict]:
     """Eager rows time both task batchings (vmap and a Python loop), to pick per workload; compiled
     rows (vmap only) run last, since compiling a conv net's step can take minutes."""
@@ -200,27 +266,33 @@ def timings(args, compiled: bool) -> list[dict]:
 
     if not compiled or args.compile != "none":
         learner, config = sinusoid_learner(args.device, compiled)
-        record("sinusoid 25 tasks, K=10", "vmap, whole iteration" if compiled else "vmap", learner,
-               sinusoid_batches(config, args.device), "sampled")
+        batches = sinusoid_batches(config, args.device)
+        record("sinusoid 25 tasks, K=10", "vmap, whole iteration" if compiled else "vmap", learner, batches, "sampled")
+        if not compiled and args.device.type == "cuda":
+            graphed, _ = sinusoid_learner(args.device, compiled=False, graphed=True)
+            record("sinusoid 25 tasks, K=10", "vmap, captured CUDA graph", graphed, batches, "sampled")
     for preset, workload in FEWSHOT_WORKLOADS.items():
         if compiled and (args.compile != "all" or preset != "omniglot-5w1s"):
             continue
         config = dataclasses.replace(get_preset(preset).config, data=str(args.data), device=str(args.device),
                                      compile="on" if compiled else "off")
         batches, source = fewshot_batches(config, args.device)  # the same episodes for every batching
-        for batching in ("vmap", "whole iteration") if compiled else ("vmap", "loop", "auto"):
-            config = dataclasses.replace(config, batching="vmap" if compiled else batching)
+        for batching in ("vmap", "whole iteration") if compiled else eager_batchings(args.device):
+            config = dataclasses.replace(config, batching="vmap" if compiled or batching == "cuda graph" else batching)
             model = fewshot.build_model(config)
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             if batching == "whole iteration":  # meta-gradient and Adam in one call, CUDA graphs on a GPU
-                mode = "reduce-overhead" if args.device.type == "cuda" else None
+                compile_mode = "reduce-overhead" if args.device.type == "cuda" else None
                 learner = CompiledMetaLearner(fewshot.make_maml(dataclasses.replace(config, compile="off"), model),
-                                              optimizer, mode=mode)
-                batching = f"vmap, whole iteration, mode={mode}"
+                                              optimizer, mode=compile_mode)
+                batching = f"vmap, whole iteration, mode={compile_mode}"
+            elif batching == "cuda graph":  # the eager iteration captured once, replayed (--compile cuda-graph)
+                learner = GraphedMetaLearner(fewshot.make_maml(config, model), optimizer)
+                batching = "vmap, captured CUDA graph"
             else:
                 learner = MetaLearner(fewshot.make_maml(config, model), optimizer)
             if batching == "auto":
-                batching = f"auto → {choose_path(learner, batches)}"
+                batching = f"auto → {choose_path(learner, batches)} (timed ms: {learner.batching()['ms']})"
             record(workload, batching, learner, batches, source)
     return rows
 
@@ -229,7 +301,8 @@ def timings(args, compiled: bool) -> list[dict]:
 def training_path(device: torch.device) -> list[dict]:
     small = ["--eval-tasks", "20", "--eval-shots", "5", "--eval-steps", "3", "--compile", "off", "--meta-batch", "8",
              "--log-every", "10"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src")] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         run = Path(scratch) / "run"
@@ -270,7 +343,7 @@ def write_report(args, grads, times, paths, seconds, finished=True) -> bool:
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all; "
              f"load average {os.getloadavg()[0]:.2f}",
              f"- device: {device_name(args.device)}; torch {torch.__version__}, Python {platform.python_version()}",
-             f"- result: {verdict}", "",
+             f"- sections: {', '.join(args.sections)}; result: {verdict}", "",
              f"## Meta-gradients on {args.device.type} (float64) vs the CPU reference loop (tests/reference.py)", "",
              f"2 inner steps, α = 0.3; pass: relative error < {TOLERANCE:g}.", "",
              "| model | order | path | rel error | ok |", "|---|---|---|---:|---|"]
@@ -300,13 +373,26 @@ def main() -> int:
     """Writes the report after every section, so a run cut off by its time limit still leaves one."""
     args = parse_args()
     start = time.perf_counter()
-    grads = gradient_checks(args.device)
-    write_report(args, grads, [], [], time.perf_counter() - start, finished=False)
-    times = timings(args, compiled=False)
-    paths = training_path(args.device)
-    write_report(args, grads, times, paths, time.perf_counter() - start, finished=False)
-    times += timings(args, compiled=True)
-    return 0 if write_report(args, grads, times, paths, time.perf_counter() - start) else 1
+    grads, times, paths = [], [], []
+
+    def report(finished=False) -> bool:
+        return write_report(args, grads, times, paths, time.perf_counter() - start, finished)
+
+    if "gradients" in args.sections:
+        grads += gradient_checks(args.device)
+        report()
+    if "graph" in args.sections and args.device.type == "cuda":
+        grads += graph_checks(args.device)
+        report()
+    if "eager" in args.sections:
+        times += timings(args, compiled=False)
+        report()
+    if "path" in args.sections:
+        paths += training_path(args.device)
+        report()
+    if "compiled" in args.sections:
+        times += timings(args, compiled=True)
+    return 0 if report(finished=True) else 1
 
 
 if __name__ == "__main__":

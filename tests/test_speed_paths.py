@@ -8,6 +8,7 @@ from mamlkit import MAML
 from mamlkit.algorithms import build_algorithm
 from mamlkit.chunked import backward_in_chunks
 from mamlkit.compiled_iteration import CompiledMetaLearner, meta_learner
+from mamlkit.cuda_graph import GraphedMetaLearner
 from mamlkit.engine.trainer import MetaLearner
 from mamlkit.errors import MamlkitError
 from mamlkit.timed_choice import TimedChoice
@@ -120,6 +121,14 @@ def test_compiled_iteration_refuses_what_it_would_get_wrong(algorithm):
     with pytest.raises(MamlkitError, match="needs plain MAML"):
         CompiledMetaLearner(maml, torch.optim.Adam(maml.parameters()))
     assert type(meta_learner(maml, torch.optim.Adam(maml.parameters()), compile_iteration=True)) is MetaLearner
+
+
+def test_cuda_graph_learner_refuses_a_cpu_model():
+    """Capturing needs CUDA (its exactness is checked on a GPU by benchmarks/gpu_check.py, float64
+    against Adam on the reference loop's meta-gradients); elsewhere a one-line error says what to use."""
+    maml = MAML(CASES["mlp"][0](), CASES["mlp"][2], inner_lr=0.1)
+    with pytest.raises(MamlkitError, match="needs a CUDA device.*--compile off"):
+        GraphedMetaLearner(maml, torch.optim.Adam(maml.parameters()))
 
 
 # -- chunked and auto-chosen task batching, against the independent reference -----------------------

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from mamlkit.algorithms import AlgorithmName
 from mamlkit.checks import check_config
+from mamlkit.cuda_graph import GraphedMetaLearner
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_latest_checkpoint
 from mamlkit.engine.distributed import Device
@@ -106,8 +107,8 @@ class FewShotConfig:
     """how the meta-batch runs: vmap, loop, or auto: the fastest of vmap, vmap in chunks and loop (timed first)"""
     meta_batch_chunk: int = 0
     """tasks back-propagated at a time in training (same gradient, less memory); 0: all, or auto's choice"""
-    compile: Literal["on", "off"] = "off"
-    """torch.compile the inner step (slower on a CPU, see docs/fewshot.md)"""
+    compile: Literal["on", "off", "cuda-graph"] = "off"
+    """on: torch.compile the meta-gradient (slower on a CPU); cuda-graph: replay one recorded iteration (GPU)"""
     device: Device = "auto"
     """where to train; auto: CUDA when present"""
     algo: AlgorithmName = "maml"
@@ -239,7 +240,8 @@ def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
 
     loop = TrainLoop(
         run_dir=run_dir,
-        learners={"maml": MetaLearner(maml, optimizer, config.clip_value or None)},
+        learners={"maml": (GraphedMetaLearner if config.compile == "cuda-graph" else MetaLearner)(
+            maml, optimizer, config.clip_value or None)},
         batches=batches,
         iterations=config.iterations, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         nan_hint="lower --inner-lr or --meta-lr", validate=validate, validate_every=config.validate_every,
