@@ -1,7 +1,7 @@
 """A meta-iteration replayed as one captured CUDA graph: the GPU's launch overhead paid once.
 
 On a GPU the few-shot conv step is bound by kernel launches, not arithmetic: ~10 GFLOP spread over
-hundreds of small kernels (29.6 ms eager on an H200, where the arithmetic takes well under 1 ms).
+hundreds of small kernels (25 ms eager on an H200, where the arithmetic takes well under 1 ms).
 ``torch.cuda.graph`` records one eager iteration -- the meta-gradient and the optimizer step -- and
 every later iteration copies its batch into the recorded inputs and replays all of it in one launch.
 The kernels are the eager path's, so the arithmetic (and its exactness) is the eager path's.
@@ -19,8 +19,9 @@ WARMUP = 2  # eager meta-gradients on a side stream before the capture (library 
 
 
 class GraphedMetaLearner(MetaLearner):
-    """``MetaLearner`` that steps eagerly until the optimizer has state and ``batching='auto'`` has
-    chosen its path, then captures one iteration and replays it (again after a shape change or a load)."""
+    """``MetaLearner`` that steps eagerly once (and while ``batching='auto'`` times its paths), then
+    records one iteration and replays it (recorded again after a shape change or a load). Batches
+    are checked when recorded, not on every replay."""
 
     def __init__(self, maml: MAML, optimizer: torch.optim.Optimizer, clip_value: float | None = None):
         super().__init__(maml, optimizer, clip_value)
