@@ -6,24 +6,28 @@ One file for a session that has a GPU lent for a few minutes (≤ 10 min on one 
    loop of tests/reference.py run on the CPU (relative error < 1e-10): every model of
    tests/zoo.py plus the paper's full-size networks (sinusoid MLP 1-40-40-1, Omniglot conv 4×64,
    Omniglot MLP, MiniImagenet conv 4×32 at 84×84), second and first order, vmap (whole meta-batch
-   and one task per backward) and loop paths;
+   and one task per backward) and loop paths. On CUDA also the CUDA-graph learner (`--compile cuda-graph`): 4 float64 training steps through the
+   replayed graph, with SGD against SGD on the reference loop's meta-gradients and with Adam against
+   the eager learner;
 2. times one meta-iteration (zero_grad + meta-gradient + Adam step, `MetaLearner.step`) of the
    sinusoid preset (25 tasks), Omniglot 5-way and 20-way 1-shot (real data when found, else random
    images of the same shape) and MiniImagenet 5-way 1-shot (random 84×84 images), tasks vmapped,
-   looped and as `batching="auto"` chooses after timing its candidates, float32, with CUDA
-   synchronised around every timed block; compiled, last (compiling can take minutes): the sinusoid's
-   whole iteration (meta-gradient and Adam step in one call, what `mamlkit train sinusoid` runs), and
-   Omniglot 5-way with the compiled meta-gradient and as a whole compiled iteration (on CUDA with
-   `mode="reduce-overhead"`: CUDA graphs; never measured on a GPU yet);
+   as `batching="auto"` chooses after timing its candidates (with its timings), and looped (CPU) or
+   replayed as a captured CUDA graph (GPU), float32, with CUDA synchronised around every timed block;
+   compiled, last (compiling can take minutes): the sinusoid's whole iteration (meta-gradient and
+   Adam step in one call, what `mamlkit train sinusoid` runs), and Omniglot 5-way with the compiled
+   meta-gradient and as a whole compiled iteration (on CUDA with `mode="reduce-overhead"`: CUDA graphs);
 3. runs the training path end to end: `mamlkit train sinusoid --device <device>` for a few
    iterations, then resumes that run on the CPU (a checkpoint written on the device loads on the
    CPU), and `torchrun --nproc-per-node 1` (NCCL on CUDA, gloo on CPU).
 
 It writes a markdown table and a JSON file after every section (a run cut off by a time limit
-still leaves its report) and exits non-zero when a check fails.
+still leaves its report) and exits non-zero when a check fails. `--sections` runs a part of it
+(gradients, graph, eager, path, compiled).
 
     python benchmarks/gpu_check.py                              # on a GPU machine: benchmarks/results/gpu_check.md
     python benchmarks/gpu_check.py --device cpu --quick --compile sinusoid   # the same script on a CPU, in $TMPDIR
+    python benchmarks/gpu_check.py --sections graph,eager                    # a part of it
 """
 
 import argparse
