@@ -19,7 +19,9 @@ One file for a session that has a GPU lent for a few minutes (≤ 10 min on one 
    meta-gradient and as a whole compiled iteration (on CUDA with `mode="reduce-overhead"`: CUDA graphs);
 3. runs the training path end to end: `mamlkit train sinusoid --device <device>` for a few
    iterations, then resumes that run on the CPU (a checkpoint written on the device loads on the
-   CPU), and `torchrun --nproc-per-node 1` (NCCL on CUDA, gloo on CPU).
+   CPU), and `torchrun --nproc-per-node 1` (NCCL on CUDA, gloo on CPU); on CUDA with Omniglot found,
+   `mamlkit train omniglot-5w1s --compile cuda-graph` beside an eager run (logged losses agree), then
+   resumed on the CPU.
 
 It writes a markdown table and a JSON file after every section (a run cut off by a time limit
 still leaves its report) and exits non-zero when a check fails. `--sections` runs a part of it
@@ -302,9 +304,20 @@ def timings(args, compiled: bool) -> list[dict]:
 
 
 # -- 3. the training path end to end -----------------------------------------------------------------
-def training_path(device: torch.device) -> list[dict]:
+def logged(run: Path, key: str) -> dict[int, float]:
+    """Iteration -> ``key`` from a run folder's metrics.jsonl."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["iteration"]: r[key] for r in records if key in r}
+
+
+def training_path(device: torch.device, data: Path) -> list[dict]:
+    """`mamlkit train` end to end; on CUDA with Omniglot found also the few-shot CLI with --compile
+    cuda-graph: its logged losses beside an eager run's on the same batches, then resumed on the CPU."""
     small = ["--eval-tasks", "20", "--eval-shots", "5", "--eval-steps", "3", "--compile", "off", "--meta-batch", "8",
              "--log-every", "10"]
+    fewshot_small = ["omniglot-5w1s", "--data", str(data), "--iterations", "40", "--validate-every", "20",
+                     "--validation-tasks", "20", "--eval-tasks", "20", "--checkpoint-every", "20", "--log-every", "10",
+                     "--device", device.type]
     env = {**os.environ, "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src")] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
     rows = []
@@ -319,13 +332,26 @@ def training_path(device: torch.device) -> list[dict]:
                                    "mamlkit", "train", "sinusoid", "--iterations", "20", "--device", device.type,
                                    *small, "--out", str(Path(scratch) / "torchrun")],
         }
+        eager, graphed = Path(scratch) / "eager", Path(scratch) / "graphed"
+        if device.type == "cuda" and data.exists():
+            commands.update({
+                "omniglot-5w1s eager": ["-m", "mamlkit", "train", *fewshot_small, "--compile", "off", "--out", str(eager)],
+                "omniglot-5w1s --compile cuda-graph, losses as eager's": [
+                    "-m", "mamlkit", "train", *fewshot_small, "--compile", "cuda-graph", "--out", str(graphed)],
+                "resume the cuda-graph checkpoint on cpu": ["-m", "mamlkit", "train", "--resume", str(graphed),
+                                                            "--iterations", "60", "--device", "cpu", "--compile", "off"],
+            })
         for name, command in commands.items():
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, env=env)
             ok = proc.returncode == 0
-            if name.startswith("resume"):
-                metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-                ok = ok and [m["iteration"] for m in metrics] == [10, 20, 30]
+            if name == f"resume the {device.type} checkpoint on cpu" and ok:
+                ok = list(logged(run, "iteration")) == [10, 20, 30]
+            if name.startswith("omniglot-5w1s --compile") and ok:  # float32: rounding differs, the path must not
+                losses, reference = logged(graphed, "maml/query_loss"), logged(eager, "maml/query_loss")
+                ok = losses.keys() == reference.keys() and abs(losses[10] - reference[10]) <= 1e-3 * abs(reference[10])
+            if name == "resume the cuda-graph checkpoint on cpu" and ok:
+                ok = max(logged(graphed, "iteration")) == 60
             rows.append({"check": name, "ok": ok, "s": time.perf_counter() - start,
                          "error": "" if ok else proc.stderr.strip().splitlines()[-1:] or ["(no output)"]})
             print(f"path {rows[-1]}", flush=True)
@@ -392,7 +418,7 @@ def main() -> int:
         times += timings(args, compiled=False)
         report()
     if "path" in args.sections:
-        paths += training_path(args.device)
+        paths += training_path(args.device, args.data)
         report()
     if "compiled" in args.sections:
         times += timings(args, compiled=True)
