@@ -30,6 +30,7 @@ from mamlkit.rl.advantages import advantages
 from mamlkit.rl.algorithms import TRPOSettings, adapt_tasks
 from mamlkit.rl.envs import Navigation2D, TaskEnv, TaskInObservation
 from mamlkit.rl.learner import MetaRLLearner
+from mamlkit.rl.metaworld_tasks import BENCHMARKS
 from mamlkit.rl.policy import GaussianPolicy
 from mamlkit.rl.sampler import per_task, sample
 from mamlkit.stats import mean_and_ci95
@@ -124,7 +125,7 @@ class RLConfig:
     @property
     def metaworld(self) -> bool:
         """A Meta-World benchmark (the optional metaworld extra): success rates, no task parameters."""
-        return self.env in ("ml1", "ml10")
+        return self.env in BENCHMARKS
 
     def __post_init__(self):
         check_config(self, whole=("eval_steps", "seed", "env_workers"), widths=("hidden",),
