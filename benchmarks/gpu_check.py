@@ -254,7 +254,7 @@ FEWSHOT_WORKLOADS = {  # preset: the row's name
 
 
 def eager_batchings(device: torch.device) -> tuple[str, ...]:
-    """On a GPU the loop is timed by 'auto' among its candidates (it lost 7-12x to vmap on an H200)."""
+    """On a GPU the loop is timed by 'auto' among its candidates (it lost 1.3-17x to vmap on an H200)."""
     return ("vmap", "auto", "cuda graph") if device.type == "cuda" else ("vmap", "loop", "auto")
 
 

@@ -124,8 +124,9 @@ def test_compiled_iteration_refuses_what_it_would_get_wrong(algorithm):
 
 
 def test_cuda_graph_learner_refuses_a_cpu_model():
-    """Capturing needs CUDA (its exactness is checked on a GPU by benchmarks/gpu_check.py, float64
-    against Adam on the reference loop's meta-gradients); elsewhere a one-line error says what to use."""
+    """Capturing needs CUDA (its exactness is checked on a GPU by benchmarks/gpu_check.py in float64:
+    SGD steps against SGD on the reference loop's meta-gradients, Adam steps against the eager learner);
+    elsewhere a one-line error says what to use."""
     maml = MAML(CASES["mlp"][0](), CASES["mlp"][2], inner_lr=0.1)
     with pytest.raises(MamlkitError, match="needs a CUDA device.*--compile off"):
         GraphedMetaLearner(maml, torch.optim.Adam(maml.parameters()))

@@ -28,7 +28,7 @@ class CompiledMetaLearner(MetaLearner):
 
     def __init__(self, maml: MAML, optimizer: torch.optim.Optimizer, mode: str | None = None):
         super().__init__(maml, optimizer)
-        if not compilable(maml) or self.scheduler is not None or distributed.world_size() > 1:
+        if not one_call(self):
             raise MamlkitError(f"a compiled meta-iteration needs plain MAML (or metasgd, lslr, anil), one process "
                                f"and no learning-rate schedule, not {type(maml).__name__} with "
                                f"{type(maml.strategy).__name__}; use MetaLearner (--compile off)")
@@ -63,14 +63,18 @@ class CompiledMetaLearner(MetaLearner):
         return {"batching": "vmap", "compiled": "the meta-gradient and the optimizer step in one call"}
 
 
-def compilable(maml: MAML) -> bool:
-    """Whether the meta-gradient is the unrolled loop's autograd and ``meta_backward`` adds nothing to it."""
-    return type(maml) is MAML and type(maml.strategy) is Strategy and not maml.checkpoint_inner
+def one_call(learner: MetaLearner) -> bool:
+    """Whether the learner's whole iteration can run as one call (compiled, or a CUDA graph): the
+    meta-gradient is the unrolled loop's autograd, ``meta_backward`` adds nothing to it, and nothing
+    must see the gradient before the step (no other processes, no learning-rate schedule)."""
+    maml = learner.maml
+    return (type(maml) is MAML and type(maml.strategy) is Strategy and not maml.checkpoint_inner
+            and learner.scheduler is None and distributed.world_size() == 1)
 
 
 def meta_learner(maml: MAML, optimizer: torch.optim.Optimizer, compile_iteration: bool) -> MetaLearner:
     """The compiled learner when asked for and possible, else the eager one."""
     learner = MetaLearner(maml, optimizer)
-    if compile_iteration and compilable(maml) and learner.scheduler is None and distributed.world_size() == 1:
+    if compile_iteration and one_call(learner):
         return CompiledMetaLearner(maml, optimizer)
     return learner

@@ -9,8 +9,7 @@ The kernels are the eager path's, so the arithmetic (and its exactness) is the e
 
 import torch
 
-from mamlkit.compiled_iteration import compilable
-from mamlkit.engine import distributed
+from mamlkit.compiled_iteration import one_call
 from mamlkit.engine.trainer import MetaLearner, optimizer_parameters
 from mamlkit.errors import MamlkitError
 from mamlkit.maml import MAML
@@ -26,7 +25,7 @@ class GraphedMetaLearner(MetaLearner):
     def __init__(self, maml: MAML, optimizer: torch.optim.Optimizer, clip_value: float | None = None):
         super().__init__(maml, optimizer, clip_value)
         device = next(maml.parameters()).device
-        if device.type != "cuda" or not compilable(maml) or self.scheduler is not None or distributed.world_size() > 1:
+        if device.type != "cuda" or not one_call(self):
             raise MamlkitError(f"a CUDA-graph meta-iteration needs a CUDA device, plain MAML (or metasgd, lslr, anil), "
                                f"one process and no learning-rate schedule, not {type(maml).__name__} on {device}; "
                                f"use --compile off")
