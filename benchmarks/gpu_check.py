@@ -71,6 +71,10 @@ TOLERANCE = 1e-10
 # in an element whose |g| is far below max|g| moves it by up to ~1e-16 · max|g| / eps of a full step, so two
 # exact paths whose kernels round differently (cuBLAS inside and outside a capture) agree only to ~1e-8.
 ADAM_TOLERANCE = 1e-8
+# float32 training is chaotic: two eager CPU runs differing only in thread count (reduction order) log
+# query losses within 3e-7 for 8 iterations, 2e-4 apart at the 10th and ~1% by the 20th. So the graphed
+# CLI run is held to the eager one over its first iterations (the first replays), not later ones.
+LOSS_ITERATIONS, LOSS_TOLERANCE = 5, 1e-4
 SECTIONS = ("gradients", "graph", "eager", "path", "compiled")
 PAPER_CASES = {  # full-size networks, 2 tasks each
     "paper sinusoid mlp 1-40-40-1": (lambda: mlp((1, 40, 40, 1)), lambda: regression_batch(2, 10, 1), F.mse_loss),
@@ -316,8 +320,8 @@ def training_path(device: torch.device, data: Path) -> list[dict]:
     small = ["--eval-tasks", "20", "--eval-shots", "5", "--eval-steps", "3", "--compile", "off", "--meta-batch", "8",
              "--log-every", "10"]
     fewshot_small = ["omniglot-5w1s", "--data", str(data), "--iterations", "40", "--validate-every", "20",
-                     "--validation-tasks", "20", "--eval-tasks", "20", "--checkpoint-every", "20", "--log-every", "10",
-                     "--device", device.type]
+                     "--validation-tasks", "20", "--eval-tasks", "20", "--checkpoint-every", "20", "--log-every", "1",
+                     "--batching", "vmap", "--device", device.type]
     env = {**os.environ, "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src")] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
     rows = []
@@ -347,13 +351,19 @@ def training_path(device: torch.device, data: Path) -> list[dict]:
             ok = proc.returncode == 0
             if name == f"resume the {device.type} checkpoint on cpu" and ok:
                 ok = list(logged(run, "iteration")) == [10, 20, 30]
-            if name.startswith("omniglot-5w1s --compile") and ok:  # float32: rounding differs, the path must not
+            detail = ""
+            if name.startswith("omniglot-5w1s --compile") and ok:  # replays from iteration 2 (vmap: no timing)
                 losses, reference = logged(graphed, "maml/query_loss"), logged(eager, "maml/query_loss")
-                ok = losses.keys() == reference.keys() and abs(losses[10] - reference[10]) <= 1e-3 * abs(reference[10])
+                differences = {i: abs(losses[i] - reference[i]) / abs(reference[i]) for i in reference if i in losses}
+                early = [differences.get(i, float("inf")) for i in range(1, LOSS_ITERATIONS + 1)]
+                ok = losses.keys() == reference.keys() and max(early) <= LOSS_TOLERANCE
+                detail = (f"query loss vs eager, relative: ≤ {max(early):.1e} over iterations 1-{LOSS_ITERATIONS} "
+                          f"(bar {LOSS_TOLERANCE:g}), {differences.get(10, float('nan')):.1e} at 10, "
+                          f"{differences.get(40, float('nan')):.1e} at 40")
             if name == "resume the cuda-graph checkpoint on cpu" and ok:
                 ok = max(logged(graphed, "iteration")) == 60
-            rows.append({"check": name, "ok": ok, "s": time.perf_counter() - start,
-                         "error": "" if ok else proc.stderr.strip().splitlines()[-1:] or ["(no output)"]})
+            failure = "" if ok or detail else " ".join(proc.stderr.strip().splitlines()[-1:]) or "(no output)"
+            rows.append({"check": name, "ok": ok, "s": time.perf_counter() - start, "detail": detail or failure})
             print(f"path {rows[-1]}", flush=True)
     return rows
 
@@ -386,8 +396,8 @@ def write_report(args, grads, times, paths, seconds, finished=True) -> bool:
               "|---|---|---|---|---:|---:|"]
     lines += [f"| {r['workload']} | {r['data']} | {r['mode']} | {r['batching']} | {r['ms_median']:.2f} "
               f"({r['ms_min']:.2f}) | {r['first_call_s']:.1f} |" for r in times]
-    lines += ["", "## Training path", "", "| check | ok | s | error |", "|---|---|---:|---|"]
-    lines += [f"| {r['check']} | {'yes' if r['ok'] else 'NO'} | {r['s']:.1f} | {' '.join(r['error'])} |" for r in paths]
+    lines += ["", "## Training path", "", "| check | ok | s | detail (or the error) |", "|---|---|---:|---|"]
+    lines += [f"| {r['check']} | {'yes' if r['ok'] else 'NO'} | {r['s']:.1f} | {r['detail']} |" for r in paths]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
