@@ -41,10 +41,13 @@ def _check_input_dtype(name: str, x: Tensor, reference: Tensor) -> None:
 
 
 def _check_finite_data(named: dict[str, Tensor]) -> None:
-    for name, t in named.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise MamlkitError(f"{name} holds NaN or infinite values; clean the data (check_finite=False skips "
-                               f"this check)")
+    """One pass over all floating tensors (one host sync, not one each: it runs before every step);
+    only when that finds a non-finite value, which tensor holds it."""
+    floats = {name: t for name, t in named.items() if t.is_floating_point()}
+    if not floats or torch.isfinite(torch.cat([t.reshape(-1) for t in floats.values()])).all():
+        return
+    name = next(name for name, t in floats.items() if not torch.isfinite(t).all())
+    raise MamlkitError(f"{name} holds NaN or infinite values; clean the data (check_finite=False skips this check)")
 
 
 def check_task_batch(tensors: tuple[Tensor, ...], reference: Tensor | None, finite: bool = False) -> None:
