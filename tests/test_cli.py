@@ -91,7 +91,7 @@ def test_enumerations_list_their_choices(capsys):
     text = flat(capsys.readouterr().out)
     for choices in ("--dataset {omniglot,miniimagenet,images}", "--batching {auto,vmap,loop}",
                     "--split {paper,vinyals}", "--model {conv,mlp}", "--loss-scale {official,mean}",
-                    "--compile {on,off,cuda-graph}"):
+                    "--compile {auto,on,off,cuda-graph}"):
         assert choices in text
 
 

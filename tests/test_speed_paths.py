@@ -1,6 +1,9 @@
 """The speed paths: chunked and auto-chosen task batching and the compiled iteration are exact, and
 the timed choice picks right."""
 
+import dataclasses
+from functools import partial
+
 import pytest
 import torch
 
@@ -11,6 +14,8 @@ from mamlkit.compiled_iteration import CompiledMetaLearner, meta_learner
 from mamlkit.cuda_graph import GraphedMetaLearner
 from mamlkit.engine.trainer import MetaLearner
 from mamlkit.errors import MamlkitError
+from mamlkit.experiments import fewshot
+from mamlkit.presets import get_preset
 from mamlkit.timed_choice import TimedChoice
 from reference import reference_meta_grad, reference_meta_loss, relative_error, trainable
 from zoo import CASES
@@ -130,6 +135,23 @@ def test_cuda_graph_learner_refuses_a_cpu_model():
     maml = MAML(CASES["mlp"][0](), CASES["mlp"][2], inner_lr=0.1)
     with pytest.raises(MamlkitError, match="needs a CUDA device.*--compile off"):
         GraphedMetaLearner(maml, torch.optim.Adam(maml.parameters()))
+
+
+@pytest.mark.parametrize("algorithm, compile_choice, device, expected", [
+    ("maml", "auto", "cpu", MetaLearner), ("maml", "off", "cuda", MetaLearner),
+    ("mamlpp", "auto", "cuda", MetaLearner), ("maml", "auto", "cuda", GraphedMetaLearner)])
+def test_few_shot_compile_auto_takes_the_cuda_graph_where_it_applies(algorithm, compile_choice, device, expected):
+    """auto: the CUDA graph for one-call learners on a CUDA device, eager elsewhere (MAML++ counts its
+    iterations in meta_backward). Here the model stays on the CPU, so choosing the graph shows as its
+    refusal of a CPU model."""
+    config = dataclasses.replace(get_preset("omniglot-5w1s").config, compile=compile_choice, algo=algorithm)
+    maml = build_algorithm(algorithm, CASES["mlp"][0](), CASES["mlp"][2], inner_lr=0.1)
+    choose = partial(fewshot.choose_learner, config, maml, torch.optim.Adam(maml.parameters()), torch.device(device))
+    if expected is GraphedMetaLearner:
+        with pytest.raises(MamlkitError, match="needs a CUDA device"):
+            choose()
+    else:
+        assert type(choose()) is expected
 
 
 # -- chunked and auto-chosen task batching, against the independent reference -----------------------

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from mamlkit.algorithms import AlgorithmName
 from mamlkit.checks import check_config
+from mamlkit.compiled_iteration import one_call
 from mamlkit.cuda_graph import GraphedMetaLearner
 from mamlkit.engine import distributed
 from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_latest_checkpoint
@@ -107,8 +108,8 @@ class FewShotConfig:
     """how the meta-batch runs: vmap, loop, or auto: the fastest of vmap, vmap in chunks and loop (timed first)"""
     meta_batch_chunk: int = 0
     """tasks back-propagated at a time in training (same gradient, less memory); 0: all, or auto's choice"""
-    compile: Literal["on", "off", "cuda-graph"] = "off"
-    """on: torch.compile the meta-gradient (slower on a CPU); cuda-graph: replay one recorded iteration (GPU)"""
+    compile: Literal["auto", "on", "off", "cuda-graph"] = "auto"
+    """auto: cuda-graph (one recorded iteration, replayed) on a GPU where it applies, else off; on: torch.compile"""
     device: Device = "auto"
     """where to train; auto: CUDA when present"""
     algo: AlgorithmName = "maml"
@@ -240,14 +241,23 @@ def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
 
     loop = TrainLoop(
         run_dir=run_dir,
-        learners={"maml": (GraphedMetaLearner if config.compile == "cuda-graph" else MetaLearner)(
-            maml, optimizer, config.clip_value or None)},
+        learners={"maml": choose_learner(config, maml, optimizer, device)},
         batches=batches,
         iterations=config.iterations, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         nan_hint="lower --inner-lr or --meta-lr", validate=validate, validate_every=config.validate_every,
         time_limit=config.max_minutes * 60 or None)
     loop.run(start=loop.restore() if resume else 0)
     return evaluate(config, run_dir, samplers)
+
+
+def choose_learner(config: FewShotConfig, maml: MAML, optimizer: torch.optim.Optimizer,
+                 device: torch.device) -> MetaLearner:
+    """The eager learner, or the CUDA-graph one when asked for or, with auto, where it applies: on an H200
+    it is 3.7-7x eager (docs/distributed.md)."""
+    eager = MetaLearner(maml, optimizer, config.clip_value or None)
+    graphed = config.compile == "cuda-graph" or (config.compile == "auto" and device.type == "cuda"
+                                                 and one_call(eager))
+    return GraphedMetaLearner(maml, optimizer, config.clip_value or None) if graphed else eager
 
 
 def load_trained(config: FewShotConfig, run_dir: Path) -> tuple[MAML, dict]:
