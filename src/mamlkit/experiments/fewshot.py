@@ -251,7 +251,7 @@ def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
 
 
 def choose_learner(config: FewShotConfig, maml: MAML, optimizer: torch.optim.Optimizer,
-                 device: torch.device) -> MetaLearner:
+                   device: torch.device) -> MetaLearner:
     """The eager learner, or the CUDA-graph one when asked for or, with auto, where it applies: on an H200
     it is 3.7-7x eager (docs/distributed.md)."""
     eager = MetaLearner(maml, optimizer, config.clip_value or None)
