@@ -129,4 +129,4 @@ class TaskMapping:
         candidates = self._candidates(report["tasks"]) if report.get("chosen") is not None else {}
         if self.batching == "auto" and report.get("chosen") in candidates:  # not when the options changed
             self.tasks, self.choice = report["tasks"], TimedChoice(candidates)
-            self.choice.chosen = report["chosen"]
+            self.choice.restore(report)

@@ -56,6 +56,12 @@ class TimedChoice:
         best = min(medians.values())
         return next(name for name, median in medians.items() if median <= best * (1 + self.tolerance))
 
+    def restore(self, report: dict) -> None:
+        """Keep the choice and timings of an earlier ``report()``: nothing is timed again, and the run
+        folder's record of why this path was chosen survives a resume."""
+        self.chosen = report["chosen"]
+        self.seconds = {name: [ms / 1e3 for ms in report.get("ms", {}).get(name, [])] for name in self.candidates}
+
     def report(self) -> dict:
         """What was timed and chosen, for the run folder: ``{"chosen", "ms": {name: [ms, ...]}}``."""
         return {"chosen": self.chosen, "ms": {name: [round(s * 1e3, 3) for s in times]
