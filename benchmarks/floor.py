@@ -42,6 +42,7 @@ from mamlkit import MAML  # noqa: E402
 from mamlkit.compiled_iteration import CompiledMetaLearner  # noqa: E402
 from mamlkit.engine.trainer import MetaLearner  # noqa: E402
 from mamlkit.experiments import fewshot, sinusoid  # noqa: E402
+from mamlkit.mapping import channels_last_images  # noqa: E402
 from mamlkit.presets import get_preset  # noqa: E402
 
 WORKLOADS = ("sinusoid", "omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "miniimagenet-5w1s")
@@ -249,6 +250,11 @@ def path_of(chosen: str) -> str:
 def build_method(name: str, method: str):
     if method.startswith("mamlkit vmap:"):
         return mamlkit("vmap", chunk=int(method.split(":")[1]))
+    if method == "mamlkit loop:channels-last images":
+        def build(w: Workload, model):
+            step = mamlkit("loop")(w, model)
+            return lambda batch: step(channels_last_images(batch))
+        return build
     return methods_for(name)[method]
 
 

@@ -177,12 +177,14 @@ def test_vmap_in_chunks_matches_reference_loop(case, steps, first_order):
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_auto_candidate_matches_reference_loop(case):
-    """The timed calls run each candidate (vmap in chunks of 1, 2 and 3 of 3 tasks, the loop) in turn;
-    every one of them, and the path kept afterwards, gives the reference gradient."""
+    """The timed calls run each candidate (vmap in chunks of 1, 2 and 3 of 3 tasks, the loop, on image batches
+    also the loop on channels-last images) in turn; every one of them, and the path kept afterwards, gives
+    the reference gradient."""
     model, batch, loss_fn = build(case)
     expected = reference_meta_grad(model, loss_fn, 0.3, 2, batch)
     maml = MAML(model, loss_fn, inner_lr=0.3, inner_steps=2)
-    candidates = ["vmap, 1 tasks per backward", "vmap, 2 tasks per backward", "loop", "vmap"]
+    images = ["loop, channels-last images"] if batch[0].dim() == 5 else []
+    candidates = ["vmap, 1 tasks per backward", "vmap, 2 tasks per backward", "loop", *images, "vmap"]
     for call in range(3 * len(candidates) + 1):
         assert relative_error(meta_gradient(maml, batch), expected) < 1e-10, f"call {call}"
     report = maml.mapping.report()

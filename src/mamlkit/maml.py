@@ -32,7 +32,8 @@ class MAML(nn.Module):
             and of ``evaluate``/``adapt`` (default: ``inner_steps``).
         first_order: stop the gradient through the inner gradient.
         batching: ``"vmap"``, ``"loop"`` (plain autograd, task by task) or ``"auto"``: vmap unless the model
-            cannot take it, and ``meta_backward`` times vmap, vmap in chunks and the loop and keeps the fastest.
+            cannot take it, and ``meta_backward`` times vmap, vmap in chunks and the loop (on image batches also
+            the loop on channels-last images) and keeps the fastest.
         compile: ``torch.compile`` the meta-gradient of ``meta_backward`` (vmap only).
         learn_lr: ``"metasgd"``, a rate per parameter element (Li et al. 2017); ``"lslr"``, one per parameter
             tensor and inner step (MAML++; later steps reuse the last); ``None``: α fixed.

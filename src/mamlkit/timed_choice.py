@@ -60,7 +60,7 @@ class TimedChoice:
         """Keep the choice and timings of an earlier ``report()``: nothing is timed again, and the run
         folder's record of why this path was chosen survives a resume."""
         self.chosen = report["chosen"]
-        self.seconds = {name: [ms / 1e3 for ms in report.get("ms", {}).get(name, [])] for name in self.candidates}
+        self.seconds = {name: [ms / 1e3 for ms in times] for name, times in report.get("ms", {}).items()}
 
     def report(self) -> dict:
         """What was timed and chosen, for the run folder: ``{"chosen", "ms": {name: [ms, ...]}}``."""
