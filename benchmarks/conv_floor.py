@@ -10,13 +10,12 @@ tensors of the same shapes and strides, and times the replay against the whole i
 in one process. learn2learn ÷ the fastest replay is then an upper bound on any speed-up over
 learn2learn that keeps these oneDNN float32 convolutions.
 
-    /work/peers-venv/bin/python benchmarks/conv_floor.py       # ~5 min; benchmarks/results/conv_floor.md + .json
+    /work/peers-venv/bin/python benchmarks/conv_floor.py       # ~7 min; benchmarks/results/conv_floor.md + .json
     python benchmarks/conv_floor.py --quick --out /tmp/conv_floor.md
 """
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -147,25 +146,16 @@ def main():
     for name in args.workloads:
         rows.extend(measure(name, args.repeats))
         print(table([r for r in rows if r["workload"] == name]), file=sys.stderr, flush=True)
-    report = "\n".join([
-        "# The few-shot step's convolutions alone",
-        "",
+    harness.write_report(
+        args.out, "The few-shot step's convolutions alone",
         f"`{' '.join(['python', 'benchmarks/conv_floor.py', *sys.argv[1:]])}`, {started:%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} CPUs, 1 thread, torch {torch.__version__}, learn2learn {harness.version('learn2learn')}. "
         f"Second order, the presets' model, meta-batch, inner steps and α on random images. Per path: one "
         f"iteration's convolution calls recorded, replayed on fresh tensors and timed, interleaved with the whole "
         f"iteration ({args.repeats} rounds, medians). Conv GFLOP: counted by `torch.utils.flop_counter` on the task "
-        f"loop's convolutions (the same arithmetic on every path). The last ratio is learn2learn's iteration over the replay: "
-        f"the speed-up that path would reach if nothing but its convolutions took time.",
-        "",
-        table(rows),
-        "",
-    ])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    args.out.with_suffix(".json").write_text(json.dumps({"started": started.isoformat(), "rows": rows}, indent=1))
-    print(report)
-
+        f"loop's convolutions (the same arithmetic on every path). The last ratio is learn2learn's iteration over "
+        f"the replay: the speed-up that path would reach if nothing but its convolutions took time.",
+        table(rows), {"started": started.isoformat(), "rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -287,23 +287,14 @@ def main():
         return
     started = datetime.datetime.now(datetime.timezone.utc)
     rows = [row for name in args.workloads for row in measure(name, args)]
-    report = "\n".join([
-        "# Ways to run the few-shot conv meta-step (second order)",
-        "",
+    harness.write_report(
+        args.out, "Ways to run the few-shot conv meta-step (second order)",
         f"`{' '.join(['python', 'benchmarks/conv_paths.py', *sys.argv[1:]])}`, {started:%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} CPUs, {args.threads} thread(s), torch {torch.__version__}, learn2learn "
         f"{harness.version('learn2learn')}. Methods interleaved in one process (round-robin blocks, medians); "
         f"load1 = median (range) of the 1-minute load average over the blocks. Peak MB: RSS high-water mark of "
         f"the first iteration above the RSS before it, in a fresh process.",
-        "",
-        table(rows),
-        "",
-    ])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    args.out.with_suffix(".json").write_text(json.dumps({"started": started.isoformat(), "rows": rows}, indent=1))
-    print(report)
-
+        table(rows), {"started": started.isoformat(), "rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -49,3 +50,12 @@ def version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def write_report(out: Path, title: str, header: str, body: str, data: dict) -> None:
+    """The markdown report (title, how it was made, the table) at ``out``, its data as JSON beside it; prints it."""
+    report = "\n".join([f"# {title}", "", header, "", body, ""])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    print(report)
