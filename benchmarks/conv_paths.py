@@ -296,5 +296,6 @@ def main():
         f"the first iteration above the RSS before it, in a fresh process.",
         table(rows), {"started": started.isoformat(), "rows": rows})
 
+
 if __name__ == "__main__":
     main()
