@@ -327,23 +327,13 @@ def main():
         for r in rows[-len(methods_for(name)):]:
             print(f"{name:18s} {r['method']:22s} {r['ms']:8.1f} ms  {100 * r['peak_fraction']:5.1f}% of peak  "
                   f"load {r['load1']:.2f}", file=sys.stderr, flush=True)
-    report = "\n".join([
-        "# MAML meta-iteration against this machine's FLOP floor",
-        "",
+    harness.write_report(
+        args.out, "MAML meta-iteration against this machine's FLOP floor",
         f"`{' '.join(['python', 'benchmarks/floor.py', *sys.argv[1:]])}`, {started:%Y-%m-%d %H:%M} UTC, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"learn2learn {harness.version('learn2learn')}. Methods interleaved in one process (round-robin "
         f"blocks of {args.seconds / (3 if args.quick else 5):.1f} s, medians); load1 = 1-minute load average.",
-        "",
-        table(rows, args.threads),
-        "",
-    ])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"started": started.isoformat(), "threads": args.threads, "rows": rows},
-        indent=1))
-    print(report)
+        table(rows, args.threads), {"started": started.isoformat(), "threads": args.threads, "rows": rows})
     print(f"wrote {args.out}", file=sys.stderr)
 
 
