@@ -89,6 +89,31 @@ def test_cheetah_rewards_are_the_papers(name):
         assert values.min() >= 0 and values.max() <= 2 and values.std() > 0.4
 
 
+@pytest.mark.parametrize("name", ["ant-dir", "ant-vel"])
+def test_ant_takes_the_official_codes_timing_and_rewards(name):
+    """cbfinn/maml_rl's ant: one 0.02 s step per action; rllab's cost weights and 0.05 survival bonus;
+    the velocity task adds 1 per step (without it, falling over early is the best a policy can do)."""
+    env = make_mujoco_tasks(name, horizon=5, backend="gym")
+    tasks = env.sample_tasks(2, torch.Generator().manual_seed(0))
+    env.reset(tasks, 1, torch.Generator().manual_seed(0))
+    assert (env.envs[0].frame_skip, env.envs[0].dt) == (1, pytest.approx(0.02))
+    action = np.linspace(-0.9, 0.9, 8).astype(np.float32).astype(np.float64)
+    twins = [make_gym_env("Ant-v5") for _ in range(2)]  # the same envs stepped by hand from the same states
+    for twin, copy in zip(twins, env.envs):
+        twin.reset(seed=0)
+        twin.set_state(copy.data.qpos.copy(), copy.data.qvel.copy())
+    _, reward, _ = env.step(torch.tensor(action, dtype=torch.float32).expand(2, 1, 8))
+    for index, twin in enumerate(twins):
+        x_before = twin.data.qpos[0]
+        twin.step(action)
+        velocity = (twin.data.xpos[1, 0] - x_before) / 0.02
+        goal = tasks[index, 0].item()
+        task_term = goal * velocity if name == "ant-dir" else 1.0 - abs(velocity - goal)
+        contact = 5e-4 * float(np.sum(np.clip(twin.data.cfrc_ext, -1, 1) ** 2))
+        expected = task_term - 0.005 * float(np.sum(action ** 2)) - contact + 0.05
+        assert reward[index, 0].item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
 def test_ant_terminates_when_unhealthy_and_masks_the_rest():
     env = make_mujoco_tasks("ant-dir", horizon=3, backend="gym")
     tasks = torch.tensor([[1.0]])

@@ -109,8 +109,14 @@ def direction(n: int, generator: torch.Generator) -> Tensor:
 
 
 def velocity_reward(task, info: dict, reward: float) -> float:
-    """−|v − goal| plus the env's costs (and, for the ant, its contact cost and survival bonus)."""
+    """−|v − goal| plus the env's costs."""
     return -abs(info["x_velocity"] - task[0]) + _costs(info)
+
+
+def ant_velocity_reward(task, info: dict, reward: float) -> float:
+    """The official ant's −|v − goal| + 1 plus its costs and survival bonus: without the +1 every
+    step costs, and ending the episode by falling over is the quickest way to stop paying."""
+    return velocity_reward(task, info, reward) + 1.0
 
 
 def direction_reward(task, info: dict, reward: float) -> float:
@@ -124,18 +130,26 @@ def _costs(info: dict) -> float:
 
 # rllab's weights: cheetah control cost 0.5·0.1·|a|²; ant 0.5·0.01·|a|², contact 0.5·0.001·|clip(f)|²,
 # survival bonus 0.05 (gymnasium's own defaults are 0.1, 0.5, 5e-4 and 1.0).
+# The ant also takes rllab's timing: one RK4 step of 0.02 s per action (``frame_skip=1`` here, the
+# timestep set in ``make_gym_env``), where gymnasium's five steps of 0.01 s make each action last 2.5×
+# as long and cost 5× the physics.
 ENV_KWARGS = {"HalfCheetah-v5": {"ctrl_cost_weight": 0.05},
-              "Ant-v5": {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward": 0.05}}
+              "Ant-v5": {"ctrl_cost_weight": 0.005, "contact_cost_weight": 5e-4, "healthy_reward": 0.05,
+                         "frame_skip": 1}}
+TIMESTEPS = {"Ant-v5": 0.02}
 TASKS = {"cheetah-vel": ("HalfCheetah-v5", uniform(0.0, 2.0), velocity_reward),
          "cheetah-dir": ("HalfCheetah-v5", direction, direction_reward),
-         "ant-vel": ("Ant-v5", uniform(0.0, 3.0), velocity_reward),
+         "ant-vel": ("Ant-v5", uniform(0.0, 3.0), ant_velocity_reward),
          "ant-dir": ("Ant-v5", direction, direction_reward)}
 
 
 def make_gym_env(env_id: str, **kwargs):
     """The unwrapped env (no checker or time-limit wrappers: the sampler owns the horizon)."""
     import gymnasium
-    return gymnasium.make(env_id, disable_env_checker=True, **ENV_KWARGS.get(env_id, {}), **kwargs).unwrapped
+    env = gymnasium.make(env_id, disable_env_checker=True, **ENV_KWARGS.get(env_id, {}), **kwargs).unwrapped
+    if env_id in TIMESTEPS:
+        env.model.opt.timestep = TIMESTEPS[env_id]
+    return env
 
 
 def make_mujoco_tasks(name: str, horizon: int, backend: str = "auto", threads: int = 1, workers: int = 0):
