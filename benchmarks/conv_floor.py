@@ -157,5 +157,6 @@ def main():
         f"the replay: the speed-up that path would reach if nothing but its convolutions took time.",
         table(rows), {"started": started.isoformat(), "rows": rows})
 
+
 if __name__ == "__main__":
     main()
