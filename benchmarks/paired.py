@@ -1,4 +1,4 @@
-"""Two few-shot runs compared task by task on the same test tasks: is one really better?
+"""Few-shot runs compared task by task on the same test tasks: is one really better?
 
 Every run of a preset tests on the same tasks (drawn with the test seed from the same split, ways,
 shots, queries and count), so the accuracies pair up; the difference per task has a far narrower
@@ -6,20 +6,32 @@ interval than the two runs' separate ones. Reads ``task_accuracy`` from each run
 (written by ``mamlkit train`` and ``mamlkit eval RUN``; re-evaluate an older run to add it).
 
     python benchmarks/paired.py RUN_A RUN_B
+    python benchmarks/paired.py BASE RUN [RUN ...] --table   # each run against BASE, with published figures
 """
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 from mamlkit.stats import mean_and_ci95  # noqa: E402
 
 # The config fields that fix the test tasks; the runs may differ in anything else (the method).
 SAME_TASKS = ("dataset", "split", "ways", "shots", "queries", "eval_tasks")
+
+# What each learner's paper reports on Omniglot's protocol, keyed by (algo, ways, shots): citations to
+# compare against, not results. MAML++'s figure is the mean prediction of its five best-on-validation
+# checkpoints (the official experiment_builder.py); the others are one network's.
+PUBLISHED = {
+    ("maml", 5, 1): "98.7 ± 0.4 (Finn et al. 2017)",
+    ("metasgd", 5, 1): "99.53 ± 0.26 (Li et al. 2017)",
+    ("mamlpp", 5, 1): "99.47, ensemble of 5 checkpoints (Antoniou et al. 2019)",
+}
 
 
 def load(run: Path) -> tuple[dict, dict]:
@@ -42,11 +54,36 @@ def compare(run_a: Path, run_b: Path) -> dict:
             "b_better": int((accuracy[:, 0] < accuracy[:, 1]).sum())}
 
 
+def comparison_table(base: Path, runs: list[Path]) -> str:
+    """One row per run (the base first): how far it trained, its selected checkpoint and test accuracy,
+    the paired difference from the base on the same tasks, and what the learner's paper reports."""
+    lines = ["| learner | iterations trained (schedule) | selected checkpoint (validation %) | test accuracy % | "
+             "− base, paired | tasks better / worse than base | published |", "|---|---|---|---|---|---|---|"]
+    for run in [base, *runs]:
+        (results, config), result = load(run), compare(run, base)
+        trained = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["iteration"]
+        test, difference = result["a"], result["difference"]
+        paired_cells = ("—", "—") if run == base else (f"{difference[0]:+.2f} ± {difference[1]:.2f}",
+                                                       f"{result['a_better']} / {result['b_better']}")
+        published = PUBLISHED.get((config["algo"], config["ways"], config["shots"]), "—")
+        lines.append(f"| {config['algo']} ([run]({os.path.relpath(run, ROOT)})) | {trained:,} ({config['iterations']:,}) "
+                     f"| {results['checkpoint_iteration']:,} ({100 * results['val_accuracy']:.2f}) "
+                     f"| {test[0]:.2f} ± {test[1]:.2f} | {' | '.join(paired_cells)} | {published} |")
+    return "\n".join(lines) + f"\n\n({result['tasks']} test tasks, ± 95% CI, after each learner's last test step)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_a", type=Path)
-    parser.add_argument("run_b", type=Path)
+    parser.add_argument("run_b", type=Path, nargs="+")
+    parser.add_argument("--table", action="store_true", help="RUN_A is the base; a table of every run against it")
     args = parser.parse_args()
+    if args.table:
+        print(comparison_table(args.run_a.resolve(), [run.resolve() for run in args.run_b]))
+        return
+    if len(args.run_b) > 1:
+        parser.error("give two runs, or --table for more")
+    args.run_b = args.run_b[0]
     result = compare(args.run_a, args.run_b)
     print(f"| run | test accuracy % ({result['tasks']} tasks) |\n|---|---|")
     for key, run in (("a", args.run_a), ("b", args.run_b)):

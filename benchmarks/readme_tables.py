@@ -5,6 +5,8 @@ it and ``<!-- end of table -->`` after it; it is the run's own ``format_table`` 
 printed) applied to its ``results.json``. ``FOLDER + OTHER`` adds the rows of a companion run on the
 same test tasks (e.g. an RL oracle trained alone: ``--no-maml --no-pretrained --oracle``);
 ``FOLDER:training_tasks`` shows a Meta-World run's scores on training tasks instead of held-out ones.
+``<!-- paired table from benchmarks/results/BASE + benchmarks/results/RUN ... -->`` is instead
+``paired.py --table``: few-shot runs against BASE, task by task, beside their papers' figures.
 ``--check`` only reports whether README.md is up to date (exit 1 if not; tests/test_readme_tables.py runs it).
 
     python benchmarks/readme_tables.py [--check]
@@ -17,7 +19,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKED = re.compile(r"(<!-- table from (benchmarks/results/[\w.-]+(?::training_tasks)?(?: \+ benchmarks/results/[\w.-]+)*) -->\n)(.*?)"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import paired  # noqa: E402  (benchmarks/paired.py, beside this file)
+
+MARKED = re.compile(r"(<!-- (paired )?table from (benchmarks/results/[\w.-]+(?::training_tasks)?(?: \+ benchmarks/results/[\w.-]+)*) -->\n)(.*?)"
                     r"(<!-- end of table -->)", re.S)
 
 
@@ -46,10 +51,11 @@ def markdown(text: str) -> str:
 
 def regenerate(readme: str) -> str:
     def replacement(m) -> str:
-        first, *companions = m[2].split(" + ")
+        first, *companions = m[3].split(" + ")
         first, _, section = first.partition(":")
         folders = [ROOT / f for f in (first, *companions)]
-        return f"{m[1]}{markdown(table(folders, section or None))}\n{m[4]}"
+        made = paired.comparison_table(folders[0], folders[1:]) if m[2] else markdown(table(folders, section or None))
+        return f"{m[1]}{made}\n{m[5]}"
     return MARKED.sub(replacement, readme)
 
 

@@ -40,3 +40,20 @@ def test_runs_on_other_tasks_or_without_per_task_results_are_refused(tmp_path):
     (old / "results.json").write_text(json.dumps({"accuracy": [99.0]}))
     with pytest.raises(SystemExit, match="mamlkit eval"):
         paired.compare(a, old)
+
+
+def test_the_comparison_table_puts_each_run_against_the_base_beside_its_paper(tmp_path):
+    runs = []
+    for name, algo, accuracy, trained in (("base", "maml", [80.0, 80.0, 40.0, 100.0], 900),
+                                          ("other", "mamlpp", [100.0, 80.0, 60.0, 100.0], 1200)):
+        run = run_folder(tmp_path / name, accuracy, algo=algo, iterations=2000)
+        results = json.loads((run / "results.json").read_text())
+        (run / "results.json").write_text(json.dumps({**results, "checkpoint_iteration": 500, "val_accuracy": 0.9}))
+        (run / "metrics.jsonl").write_text(json.dumps({"iteration": trained // 2}) + "\n"
+                                           + json.dumps({"iteration": trained}) + "\n")
+        runs.append(run)
+    lines = paired.comparison_table(runs[0], runs[1:]).splitlines()
+    base, other = lines[2].split(" | "), lines[3].split(" | ")
+    assert base[1:6] == ["900 (2,000)", "500 (90.00)", "75.00 ± 24.66", "—", "—"]
+    assert other[1:6] == ["1,200 (2,000)", "500 (90.00)", "85.00 ± 18.77", "+10.00 ± 11.32", "2 / 0"]
+    assert other[6].startswith("99.47, ensemble of 5") and base[6].startswith("98.7 ± 0.4")
