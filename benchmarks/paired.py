@@ -83,16 +83,15 @@ def main() -> None:
         return
     if len(args.run_b) > 1:
         parser.error("give two runs, or --table for more")
-    args.run_b = args.run_b[0]
-    result = compare(args.run_a, args.run_b)
+    run_a, run_b = args.run_a, args.run_b[0]
+    result = compare(run_a, run_b)
     print(f"| run | test accuracy % ({result['tasks']} tasks) |\n|---|---|")
-    for key, run in (("a", args.run_a), ("b", args.run_b)):
+    for key, run in (("a", run_a), ("b", run_b)):
         print(f"| {run.name} | {result[key][0]:.2f} ± {result[key][1]:.2f} |")
     difference, ci = result["difference"]
-    print(f"| {args.run_a.name} − {args.run_b.name}, paired | {difference:+.2f} ± {ci:.2f} |\n\n"
-          f"{args.run_a.name} better on {result['a_better']} tasks, {args.run_b.name} on {result['b_better']}, "
+    print(f"| {run_a.name} − {run_b.name}, paired | {difference:+.2f} ± {ci:.2f} |\n\n"
+          f"{run_a.name} better on {result['a_better']} tasks, {run_b.name} on {result['b_better']}, "
           f"tied on {result['tasks'] - result['a_better'] - result['b_better']}")
-
 
 if __name__ == "__main__":
     main()
