@@ -153,3 +153,4 @@ def test_adapted_cheetah_renders_offscreen_to_a_gif(tmp_path):
     frames = iio.imread(tmp_path / "a.gif")
     assert frames.shape[0] == 3 and frames.shape[1:3] == (32, 64)  # every 2nd of 6 steps, two tasks side by side
     assert frames.std() > 0
+    assert iio.immeta(tmp_path / "a.gif")["duration"] == 100  # ms: two of the cheetah's 0.05 s steps, real time

@@ -3,6 +3,7 @@ trajectories, then the adapted mean action rolled out in render-mode copies of t
 videos side by side. Offscreen: MUJOCO_GL defaults to egl."""
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +26,12 @@ def adapted_params(config, policy, batched, tasks: Tensor) -> Params:
     return {n: p.detach() for n, p in adapted.items()}
 
 
-def record(env, policy, params: Params, horizon: int, frames_every: int, seed: int) -> list[np.ndarray]:
+class Video(NamedTuple):
+    frames: list[np.ndarray]
+    seconds_per_frame: float  # the env's control step times the frames skipped: the GIF plays in real time
+
+
+def record(env, policy, params: Params, horizon: int, frames_every: int, seed: int) -> Video:
     """Frames of one episode of the mean action under ``params`` (every ``frames_every``-th step)."""
     obs, _ = env.reset(seed=seed)
     frames = []
@@ -38,13 +44,15 @@ def record(env, policy, params: Params, horizon: int, frames_every: int, seed: i
         if terminated:
             break
     env.close()
-    return frames
+    return Video(frames, env.unwrapped.dt * frames_every)
 
 
-def save_side_by_side(videos: list[list[np.ndarray]], path) -> None:
+def save_side_by_side(videos: list[Video], path) -> None:
+    """One GIF of the videos side by side, as long as the shortest, at the first one's frame rate."""
     import imageio
-    length = min(len(v) for v in videos)
-    imageio.mimsave(path, [np.concatenate([v[i] for v in videos], axis=1) for i in range(length)], duration=0.05, loop=0)
+    length = min(len(v.frames) for v in videos)
+    imageio.mimsave(path, [np.concatenate([v.frames[i] for v in videos], axis=1) for i in range(length)],
+                    duration=1000 * videos[0].seconds_per_frame, loop=0)  # imageio's GIF duration is in ms
 
 
 def offscreen() -> None:
