@@ -19,6 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from mamlkit.engine.metrics import read_metrics  # noqa: E402
 from mamlkit.stats import mean_and_ci95  # noqa: E402
 
 # The config fields that fix the test tasks; the runs may differ in anything else (the method).
@@ -61,7 +62,7 @@ def comparison_table(base: Path, runs: list[Path]) -> str:
              "− base, paired | tasks better / worse than base | published |", "|---|---|---|---|---|---|---|"]
     for run in [base, *runs]:
         (results, config), result = load(run), compare(run, base)
-        trained = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["iteration"]
+        trained = read_metrics(run)[-1]["iteration"]
         test, difference = result["a"], result["difference"]
         paired_cells = ("—", "—") if run == base else (f"{difference[0]:+.2f} ± {difference[1]:.2f}",
                                                        f"{result['a_better']} / {result['b_better']}")
@@ -92,6 +93,7 @@ def main() -> None:
     print(f"| {run_a.name} − {run_b.name}, paired | {difference:+.2f} ± {ci:.2f} |\n\n"
           f"{run_a.name} better on {result['a_better']} tasks, {run_b.name} on {result['b_better']}, "
           f"tied on {result['tasks'] - result['a_better'] - result['b_better']}")
+
 
 if __name__ == "__main__":
     main()
