@@ -220,3 +220,28 @@ def test_a_resumed_run_keeps_the_path_auto_chose():
     assert learners[1].batching()["chosen"] == learners[0].batching()["chosen"]
     learners[1].step(batch)
     assert learners[1].batching() == learners[0].batching()  # the same record, nothing timed again
+
+
+@pytest.mark.parametrize("elsewhere", ["other threads", "older record"])
+def test_a_choice_timed_elsewhere_is_timed_again(elsewhere):
+    """A run resumed with another CPU thread count (or from a record that does not say where it was timed)
+    times its paths again instead of keeping a choice that may not hold here."""
+    make_model, make_batch, loss_fn = CASES["mlp"]
+    mamls = [MAML(make_model(), loss_fn, inner_lr=0.1) for _ in range(2)]
+    learners = [MetaLearner(maml, torch.optim.Adam(maml.parameters())) for maml in mamls]
+    batch, threads = make_batch(), torch.get_num_threads()
+    while learners[0].maml.mapping.report().get("chosen") is None:
+        learners[0].step(batch)
+    state = learners[0].state_dict()
+    assert state["batching"]["timed_on"] == f"cpu, {threads} threads"
+    if elsewhere == "older record":
+        del state["batching"]["timed_on"]
+    torch.set_num_threads(threads + 1 if elsewhere == "other threads" else threads)
+    try:
+        learners[1].load_state_dict(state)
+        assert "chosen" not in learners[1].batching()
+        learners[1].step(batch)
+        assert learners[1].batching()["chosen"] is None and learners[1].batching()["timed_on"] == (
+            f"cpu, {torch.get_num_threads()} threads")
+    finally:
+        torch.set_num_threads(threads)

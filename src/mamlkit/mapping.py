@@ -33,6 +33,13 @@ def channels_last_images(tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
                  for t in tensors)
 
 
+def timing_conditions(device: torch.device) -> str:
+    """Where a timed choice holds: the device, and on a CPU the intra-op thread count."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type}, {torch.get_num_threads()} threads"
+
+
 def running_stats_module(model: nn.Module) -> str | None:
     """Name of a batch/instance norm that would update running statistics in this forward, if any."""
     for name, module in model.named_modules():
@@ -62,6 +69,7 @@ class TaskMapping:
         self.model, self.batching, self.checkpoint_inner, self.vmap_failed = model, batching, checkpoint_inner, False
         self.choice: TimedChoice | None = None  # auto, in training: made on the first backward
         self.tasks: int | None = None  # the meta-batch the choice was made for
+        self.timed_on: str | None = None  # and where (timing_conditions)
         self._loop_forced = False  # while a timed loop candidate runs
 
     def uses_vmap(self) -> bool:
@@ -109,6 +117,7 @@ class TaskMapping:
         if self.choice is None:
             self.tasks = batch[0].shape[0]
             images = any(t.dim() == 5 for t in batch)
+            self.timed_on = timing_conditions(batch[0].device)
             self.choice = TimedChoice(self._candidates(self.tasks, images), clock=synchronized_clock(batch[0].device))
         return self.choice(mean_loss, batch)
 
@@ -134,11 +143,14 @@ class TaskMapping:
     def report(self) -> dict:
         """How training batches its tasks: the setting and, under ``auto``, the timings and the choice."""
         return {"batching": self.batching, "meta_batch_chunk": self.meta_batch_chunk,
-                **({"tasks": self.tasks, **self.choice.report()} if self.choice else {})}
+                **({"tasks": self.tasks, "timed_on": self.timed_on, **self.choice.report()} if self.choice else {})}
 
     def restore(self, report: dict) -> None:
-        """Keep the path a previous ``report()`` chose, without timing again (a resumed run goes on as before)."""
+        """Keep the path a previous ``report()`` chose, without timing again (a resumed run goes on as before),
+        unless the options changed or it was timed elsewhere: another device or CPU thread count (on this 2-core
+        machine 2 threads can reverse 1 thread's choice), or by an older mamlkit that did not record where."""
         candidates = self._candidates(report["tasks"], images=True) if report.get("chosen") is not None else {}
-        if self.batching == "auto" and report.get("chosen") in candidates:  # not when the options changed
-            self.tasks, self.choice = report["tasks"], TimedChoice(candidates)
+        here = timing_conditions(next(self.model.parameters()).device)
+        if self.batching == "auto" and report.get("chosen") in candidates and report.get("timed_on") == here:
+            self.tasks, self.timed_on, self.choice = report["tasks"], here, TimedChoice(candidates)
             self.choice.restore(report)
