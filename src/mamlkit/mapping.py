@@ -147,8 +147,8 @@ class TaskMapping:
 
     def restore(self, report: dict) -> None:
         """Keep the path a previous ``report()`` chose, without timing again (a resumed run goes on as before),
-        unless the options changed or it was timed elsewhere: another device or CPU thread count (on this 2-core
-        machine 2 threads can reverse 1 thread's choice), or by an older mamlkit that did not record where."""
+        unless the options changed or it was timed elsewhere: another device or CPU thread count (the fastest path
+        depends on both), or by an older mamlkit that did not record where."""
         candidates = self._candidates(report["tasks"], images=True) if report.get("chosen") is not None else {}
         here = timing_conditions(next(self.model.parameters()).device)
         if self.batching == "auto" and report.get("chosen") in candidates and report.get("timed_on") == here:
