@@ -63,6 +63,7 @@ from mamlkit.models.mlp import mlp  # noqa: E402
 from mamlkit.presets import get_preset  # noqa: E402
 from mamlkit.tasks.sinusoid import SinusoidTasks  # noqa: E402
 from mamlkit.tasks.stream import batch_generator  # noqa: E402
+from mamlkit.timed_choice import device_description  # noqa: E402
 from reference import reference_meta_grad, relative_error, trainable  # noqa: E402  (tests/reference.py)
 from zoo import CASES, image_batch, regression_batch  # noqa: E402  (tests/zoo.py)
 
@@ -368,13 +369,6 @@ def training_path(device: torch.device, data: Path) -> list[dict]:
     return rows
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} threads")
-
-
 def write_report(args, grads, times, paths, seconds, finished=True) -> bool:
     passed = all(r["ok"] for r in grads) and all(r["ok"] for r in paths)
     verdict = ("PASS" if passed else "FAIL") if finished else f"incomplete, {'no failure' if passed else 'FAIL'} so far"
@@ -382,7 +376,7 @@ def write_report(args, grads, times, paths, seconds, finished=True) -> bool:
              f"- command: `python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`".rstrip(),
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all; "
              f"load average {os.getloadavg()[0]:.2f}",
-             f"- device: {device_name(args.device)}; torch {torch.__version__}, Python {platform.python_version()}",
+             f"- device: {device_description(args.device)}; torch {torch.__version__}, Python {platform.python_version()}",
              f"- sections: {', '.join(args.sections)}; result: {verdict}", "",
              f"## Meta-gradients on {args.device.type} (float64) vs the CPU reference loop (tests/reference.py)", "",
              f"2 inner steps, α = 0.3; pass: relative error < {TOLERANCE:g}.", "",
@@ -401,7 +395,7 @@ def write_report(args, grads, times, paths, seconds, finished=True) -> bool:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
-        {"device": device_name(args.device), "passed": passed, "finished": finished, "gradients": grads,
+        {"device": device_description(args.device), "passed": passed, "finished": finished, "gradients": grads,
          "timings": times, "omniglot_data": str(args.data), "training_path": paths}, indent=2) + "\n")
     if finished:
         print("\n".join(lines))

@@ -2,6 +2,8 @@
 the timed choice picks right."""
 
 import dataclasses
+import os
+import platform
 from functools import partial
 
 import pytest
@@ -207,15 +209,25 @@ def test_meta_batch_chunk_must_be_a_positive_count(chunk):
         MAML(CASES["mlp"][0](), torch.nn.functional.mse_loss, inner_lr=0.1, meta_batch_chunk=chunk)
 
 
-def test_a_resumed_run_keeps_the_path_auto_chose():
-    """The choice and its timings travel in the learner's checkpoint state: a resumed run goes on without
-    timing again and still reports what was timed."""
+def two_learners_the_first_timed() -> tuple[list[MetaLearner], tuple]:
+    """Two fresh MLP learners and a batch; the first has stepped until batching='auto' chose its path."""
     make_model, make_batch, loss_fn = CASES["mlp"]
     mamls = [MAML(make_model(), loss_fn, inner_lr=0.1) for _ in range(2)]
     learners = [MetaLearner(maml, torch.optim.Adam(maml.parameters())) for maml in mamls]
     batch = make_batch()
     while learners[0].maml.mapping.report().get("chosen") is None:
         learners[0].step(batch)
+    return learners, batch
+
+
+def cpu_description(threads: int) -> str:
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads"
+
+
+def test_a_resumed_run_keeps_the_path_auto_chose():
+    """The choice and its timings travel in the learner's checkpoint state: a resumed run goes on without
+    timing again and still reports what was timed."""
+    learners, batch = two_learners_the_first_timed()
     learners[1].load_state_dict(learners[0].state_dict())
     assert learners[1].batching()["chosen"] == learners[0].batching()["chosen"]
     learners[1].step(batch)
@@ -226,14 +238,9 @@ def test_a_resumed_run_keeps_the_path_auto_chose():
 def test_a_choice_timed_elsewhere_is_timed_again(elsewhere):
     """A run resumed with another CPU thread count (or from a record that does not say where it was timed)
     times its paths again instead of keeping a choice that may not hold here."""
-    make_model, make_batch, loss_fn = CASES["mlp"]
-    mamls = [MAML(make_model(), loss_fn, inner_lr=0.1) for _ in range(2)]
-    learners = [MetaLearner(maml, torch.optim.Adam(maml.parameters())) for maml in mamls]
-    batch, threads = make_batch(), torch.get_num_threads()
-    while learners[0].maml.mapping.report().get("chosen") is None:
-        learners[0].step(batch)
-    state = learners[0].state_dict()
-    assert state["batching"]["timed_on"] == f"cpu, {threads} threads"
+    learners, batch = two_learners_the_first_timed()
+    state, threads = learners[0].state_dict(), torch.get_num_threads()
+    assert state["batching"]["timed_on"] == cpu_description(threads)
     if elsewhere == "older record":
         del state["batching"]["timed_on"]
     torch.set_num_threads(threads + 1 if elsewhere == "other threads" else threads)
@@ -241,7 +248,7 @@ def test_a_choice_timed_elsewhere_is_timed_again(elsewhere):
         learners[1].load_state_dict(state)
         assert "chosen" not in learners[1].batching()
         learners[1].step(batch)
-        assert learners[1].batching()["chosen"] is None and learners[1].batching()["timed_on"] == (
-            f"cpu, {torch.get_num_threads()} threads")
+        assert learners[1].batching()["chosen"] is None
+        assert learners[1].batching()["timed_on"] == cpu_description(torch.get_num_threads())
     finally:
         torch.set_num_threads(threads)

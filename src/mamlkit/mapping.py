@@ -14,7 +14,7 @@ from mamlkit.chunked import backward_in_chunks
 from mamlkit.errors import MamlkitError
 from mamlkit.exact_norm import ExactNormalization
 from mamlkit.models.per_step_bn import PerStepBatchNorm
-from mamlkit.timed_choice import TimedChoice, synchronized_clock
+from mamlkit.timed_choice import TimedChoice, device_description, synchronized_clock
 
 BATCHING = ("auto", "vmap", "loop")
 
@@ -31,13 +31,6 @@ def channels_last_images(tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     ~13 ns per element at 84×84); vmap makes its inputs contiguous again, so only the loop is offered it."""
     return tuple(t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
                  for t in tensors)
-
-
-def timing_conditions(device: torch.device) -> str:
-    """Where a timed choice holds: the device, and on a CPU the intra-op thread count."""
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"{device.type}, {torch.get_num_threads()} threads"
 
 
 def running_stats_module(model: nn.Module) -> str | None:
@@ -69,7 +62,7 @@ class TaskMapping:
         self.model, self.batching, self.checkpoint_inner, self.vmap_failed = model, batching, checkpoint_inner, False
         self.choice: TimedChoice | None = None  # auto, in training: made on the first backward
         self.tasks: int | None = None  # the meta-batch the choice was made for
-        self.timed_on: str | None = None  # and where (timing_conditions)
+        self.timed_on: str | None = None  # and where (device_description)
         self._loop_forced = False  # while a timed loop candidate runs
 
     def uses_vmap(self) -> bool:
@@ -117,7 +110,7 @@ class TaskMapping:
         if self.choice is None:
             self.tasks = batch[0].shape[0]
             images = any(t.dim() == 5 for t in batch)
-            self.timed_on = timing_conditions(batch[0].device)
+            self.timed_on = device_description(batch[0].device)
             self.choice = TimedChoice(self._candidates(self.tasks, images), clock=synchronized_clock(batch[0].device))
         return self.choice(mean_loss, batch)
 
@@ -147,10 +140,10 @@ class TaskMapping:
 
     def restore(self, report: dict) -> None:
         """Keep the path a previous ``report()`` chose, without timing again (a resumed run goes on as before),
-        unless the options changed or it was timed elsewhere: another device or CPU thread count (the fastest path
-        depends on both), or by an older mamlkit that did not record where."""
+        unless the options changed or it was timed elsewhere: another device, CPU or thread count (the fastest path
+        depends on them), or by an older mamlkit that did not record where."""
         candidates = self._candidates(report["tasks"], images=True) if report.get("chosen") is not None else {}
-        here = timing_conditions(next(self.model.parameters()).device)
-        if self.batching == "auto" and report.get("chosen") in candidates and report.get("timed_on") == here:
-            self.tasks, self.timed_on, self.choice = report["tasks"], here, TimedChoice(candidates)
+        if (self.batching == "auto" and report.get("chosen") in candidates
+                and report.get("timed_on") == device_description(next(self.model.parameters()).device)):
+            self.tasks, self.timed_on, self.choice = report["tasks"], report["timed_on"], TimedChoice(candidates)
             self.choice.restore(report)

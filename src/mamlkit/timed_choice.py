@@ -8,6 +8,8 @@ run. Every call computes the full result with one of the candidates, so nothing 
 results do not depend on the choice.
 """
 
+import os
+import platform
 import statistics
 import time
 from typing import Callable
@@ -75,3 +77,12 @@ def synchronized_clock(device: torch.device):
             torch.cuda.synchronize(device)
         return time.perf_counter()
     return now
+
+
+def device_description(device: torch.device) -> str:
+    """What runs the work, as far as speed goes: the GPU and CUDA version, or the CPU, its cores and torch's
+    threads. A timed choice holds only where this is the same; benchmarks print it beside their timings."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} threads")
