@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ from mamlkit.algorithms.imaml import IMAML  # noqa: E402
 from mamlkit.algorithms.protomaml import ProtoMAML  # noqa: E402
 from mamlkit.algorithms.reptile import Reptile  # noqa: E402
 from mamlkit.experiments.algorithm_settings import parse_options  # noqa: E402
+from mamlkit.timed_choice import cpu_name  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def main(args) -> None:
         rows[name][task] = row
     machine_load = (harness.cpu_seconds()[0] - start_cpu) / (time.perf_counter() - start) / (os.cpu_count() or 1)
     header = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s); "
+              f"{cpu_name()}, {os.cpu_count()} cores, {args.threads} thread(s); "
               f"sinusoid {args.sinusoid_iterations} iterations, Omniglot {args.omniglot_cpu_s:g} CPU s per variant, "
               f"{args.eval_tasks} evaluation tasks; machine busy {100 * machine_load:.0f}% on average")
     if args.jobs > 1:

@@ -24,7 +24,6 @@ import datetime
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ from mamlkit.engine.trainer import MetaLearner  # noqa: E402
 from mamlkit.experiments import fewshot, sinusoid  # noqa: E402
 from mamlkit.mapping import channels_last_images  # noqa: E402
 from mamlkit.presets import get_preset  # noqa: E402
+from mamlkit.timed_choice import cpu_name  # noqa: E402
 
 WORKLOADS = ("sinusoid", "omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "miniimagenet-5w1s")
 N_BATCHES = 4
@@ -330,7 +330,7 @@ def main():
     harness.write_report(
         args.out, "MAML meta-iteration against this machine's FLOP floor",
         f"`{' '.join(['python', 'benchmarks/floor.py', *sys.argv[1:]])}`, {started:%Y-%m-%d %H:%M} UTC, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"learn2learn {harness.version('learn2learn')}. Methods interleaved in one process (round-robin "
         f"blocks of {args.seconds / (3 if args.quick else 5):.1f} s, medians); load1 = 1-minute load average.",
         table(rows, args.threads), {"started": started.isoformat(), "threads": args.threads, "rows": rows})

@@ -55,6 +55,7 @@ from mamlkit.errors import MamlkitError  # noqa: E402
 from mamlkit.experiments import fewshot  # noqa: E402
 from mamlkit.presets import get_preset  # noqa: E402
 from mamlkit.tasks.stream import batch_generator, task_stream  # noqa: E402
+from mamlkit.timed_choice import cpu_name  # noqa: E402
 
 PRESET, SEED, N_BATCHES = "omniglot-5w1s", 0, 8
 METHODS = ("mamlkit vmap", "mamlkit loop", "learn2learn")
@@ -308,7 +309,7 @@ def main():
 - command: `{command}`{' (smoke test, not a measurement)' if args.quick else ''}
 - date: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s in all
 - torch {torch.__version__}, learn2learn {harness.version('learn2learn')}, Python {platform.python_version()}, \
-{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})
+{os.cpu_count()} CPUs ({cpu_name()})
 - load average (1, 5, 15 min): {loads[0]} at start, {loads[1]} at end; load1 column: after each row
 - other cores busy: CPU time used by other processes during the row's timed blocks (/proc/stat minus this \
 process) per wall second; rows with threads = CPUs and other cores busy > ~0.1 are unreliable

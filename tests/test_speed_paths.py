@@ -18,7 +18,7 @@ from mamlkit.engine.trainer import MetaLearner
 from mamlkit.errors import MamlkitError
 from mamlkit.experiments import fewshot
 from mamlkit.presets import get_preset
-from mamlkit.timed_choice import TimedChoice
+from mamlkit.timed_choice import TimedChoice, cpu_name
 from reference import reference_meta_grad, reference_meta_loss, relative_error, trainable
 from zoo import CASES
 
@@ -221,7 +221,14 @@ def two_learners_the_first_timed() -> tuple[list[MetaLearner], tuple]:
 
 
 def cpu_description(threads: int) -> str:
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads"
+    return f"CPU: {cpu_name()}, {os.cpu_count()} cores, {threads} threads"
+
+
+def test_the_cpu_is_named_by_its_model_where_linux_says_it(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert cpu_name(str(cpuinfo)) == "AMD EPYC 9654 96-Core Processor"
+    assert cpu_name(str(tmp_path / "missing")) == (platform.processor() or platform.machine())
 
 
 def test_a_resumed_run_keeps_the_path_auto_chose():

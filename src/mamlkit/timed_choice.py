@@ -79,10 +79,22 @@ def synchronized_clock(device: torch.device):
     return now
 
 
+def cpu_name(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model, e.g. "AMD EPYC": Linux's /proc/cpuinfo names it where ``platform.processor()`` often
+    says only "x86_64"; elsewhere the platform's answer."""
+    try:
+        with open(cpuinfo_path) as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: torch.device) -> str:
     """What runs the work, as far as speed goes: the GPU and CUDA version, or the CPU, its cores and torch's
     threads. A timed choice holds only where this is the same; benchmarks print it beside their timings."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} threads")
+    return f"CPU: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
