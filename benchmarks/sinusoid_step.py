@@ -42,6 +42,7 @@ from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 from mamlkit import MAML  # noqa: E402
+from mamlkit.timed_choice import cpu_name  # noqa: E402
 
 TASKS, SHOTS, INNER_LR, META_LR = 25, 10, 0.01, 1e-3
 N_BATCHES, WARMUP, MAX_BLOCK_S = 10, 10, 1.0
@@ -251,7 +252,7 @@ def main():
 - command: `{command}`
 - date: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s in all
 - torch {torch.__version__}, learn2learn {harness.version('learn2learn')}, higher {harness.version('higher')}, \
-Python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})
+Python {platform.python_version()}, {os.cpu_count()} CPUs ({cpu_name()})
 - load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_start)} at start, \
 {', '.join(f'{x:.2f}' for x in load_end)} at end (1-min load after each row in the .json)
 - other cores busy: CPU time used by other processes during the row's timed blocks (/proc/stat minus this \
