@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mamlkit import MamlkitError
-from mamlkit.engine.checkpoint import (export_weights, load_latest_checkpoint, read_checkpoint, save_checkpoint,
-                                       state_digest)
+from mamlkit.engine.checkpoint import (BestCheckpoint, export_weights, load_best, load_latest_checkpoint,
+                                       read_checkpoint, save_checkpoint, state_digest)
 
 
 def test_round_trip_and_pruning(tmp_path):
@@ -17,6 +17,37 @@ def test_round_trip_and_pruning(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000020.pt", "ckpt-000000030.pt"]
     state, path = load_latest_checkpoint(tmp_path)
     assert state["iteration"] == 30 and torch.equal(state["w"], torch.arange(3))
+
+
+def saved_iterations(directory) -> list[int]:
+    return sorted(int(p.stem.split("-")[1]) for p in directory.glob("ckpt-*.pt"))
+
+
+def test_best_checkpoints_keep_the_top_scores_across_a_resume(tmp_path):
+    scores = {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.7, 5: 0.4, 6: 0.65}
+    best = BestCheckpoint(tmp_path, "val", keep=3)
+    for iteration in (1, 2, 3):
+        best.offer(iteration, scores[iteration], {"w": torch.tensor(iteration)})
+    assert saved_iterations(tmp_path) == [1, 2, 3]
+    resumed = BestCheckpoint(tmp_path, "val", keep=3)  # a new process reads the scores from the files
+    for iteration in (4, 5, 6):
+        resumed.offer(iteration, scores[iteration], {"w": torch.tensor(iteration)})
+    assert saved_iterations(tmp_path) == [2, 4, 6]  # 0.7, 0.7, 0.65: 0.6 and below dropped
+    ranked = load_best(tmp_path, "val", count=5)
+    assert [s["iteration"] for s in ranked] == [2, 4, 6]  # best first; the tie goes to the earlier
+    assert [s["w"].item() for s in ranked] == [2, 4, 6] and load_best(tmp_path, "val")[0]["val"] == 0.7
+
+
+def test_best_checkpoint_skips_and_then_replaces_a_damaged_one(tmp_path):
+    best = BestCheckpoint(tmp_path, "val", keep=2)
+    best.offer(1, 0.9, {})
+    best.offer(2, 0.5, {})
+    (tmp_path / "ckpt-000000001.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="skipping it"):
+        assert [s["iteration"] for s in load_best(tmp_path, "val", count=2)] == [2]
+    with pytest.warns(UserWarning, match="skipping it"):
+        BestCheckpoint(tmp_path, "val", keep=2).offer(3, 0.1, {})
+    assert saved_iterations(tmp_path) == [2, 3]  # the damaged file is gone once two good ones are kept
 
 
 WEIGHT = torch.arange(6.0)

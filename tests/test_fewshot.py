@@ -7,7 +7,10 @@ import torch
 
 from conftest import REAL_OMNIGLOT, needs_real_omniglot
 from mamlkit.cli import main
-from mamlkit.experiments.fewshot import FewShotConfig, scaled_cross_entropy
+from mamlkit.engine.checkpoint import load_best
+from mamlkit.engine.run import saved_config
+from mamlkit.experiments.fewshot import (TEST_SEED, FewShotConfig, build_model, fixed_tasks, load_samplers, make_maml,
+                                         scaled_cross_entropy)
 from mamlkit.presets import PRESETS
 
 TINY = ["--data", str(REAL_OMNIGLOT), "--meta-batch", "4", "--validation-tasks", "10", "--eval-tasks", "20",
@@ -63,6 +66,45 @@ def test_omniglot_run_selects_on_validation_and_reevaluates(tmp_path, capsys, mo
     config = (run / "config.json").read_text()
     assert main(["eval", str(run), "--data", str(moved)]) == 0
     assert json.loads((run / "results.json").read_text()) == results and (run / "config.json").read_text() == config
+
+
+def per_task_logits(config, state, task) -> torch.Tensor:
+    """An independent reading of one checkpoint on one task: adapt with ``maml.adapt`` for each step
+    count, one task at a time, and predict the queries: ``[steps + 1, Q, N]``."""
+    maml = make_maml(config, build_model(config))
+    maml.load_state_dict(state["model"])
+    support_x, support_y, query_x, _ = task
+    with torch.no_grad():
+        unadapted = maml.predict(query_x)
+    adapted = [maml.predict(query_x, {k: v.detach() for k, v in maml.adapt(support_x, support_y, steps).items()},
+                            step=steps).detach() for steps in range(1, config.eval_inner_steps + 1)]
+    return torch.stack([unadapted, *adapted])
+
+
+@needs_real_omniglot
+def test_ensemble_tests_the_mean_logits_of_the_best_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "omniglot-5w1s", *TINY, "--iterations", "8", "--validate-every", "2", "--ensemble", "3",
+                 "--eval-tasks", "12", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    members = load_best(run / "best", "val_accuracy", count=10)
+    assert len(members) == 3 and [m["iteration"] for m in results["ensemble"]] == [m["iteration"] for m in members]
+    assert results["checkpoint_iteration"] == members[0]["iteration"]
+    _, _, config = saved_config(run)
+    tasks = fixed_tasks(load_samplers(config)["test"], config.eval_tasks, TEST_SEED)
+    ensemble, alone = [], []  # per task: accuracy % after 0..steps inner steps
+    for t in range(config.eval_tasks):
+        task = tuple(tensor[t] for tensor in tasks)
+        logits = [per_task_logits(config, state, task) for state in members]
+        ensemble.append(100 * (sum(logits).argmax(-1) == task[3]).float().mean(-1))
+        alone.append(100 * (logits[0].argmax(-1) == task[3]).float().mean(-1))
+    for curves, summary in ((ensemble, results), (alone, results["best_alone"])):
+        curves = torch.stack(curves)
+        assert curves[:, -1].tolist() == pytest.approx(summary["task_accuracy"], abs=1e-3)
+        assert curves.mean(0).tolist() == pytest.approx(summary["accuracy"], abs=1e-3)
+    assert not torch.equal(torch.stack(ensemble), torch.stack(alone))  # the members differ: a real ensemble
+    table = capsys.readouterr().out
+    assert "mean of the 3 best, test accuracy %" in table and "best alone, test accuracy %" in table
 
 
 @needs_real_omniglot

@@ -58,17 +58,27 @@ def checkpoint_bytes(state: dict) -> bytes:
     return buffer.getvalue()
 
 
-def save_checkpoint(directory: Path, iteration: int, state: dict, keep: int = 2) -> Path:
-    """Write ``ckpt-<iteration>.pt`` atomically, then keep only the newest ``keep`` checkpoints
-    (older ones are removed only once the new one is safely on disk)."""
+def write_checkpoint(directory: Path, iteration: int, state: dict) -> Path:
+    """Write ``ckpt-<iteration>.pt`` in ``directory`` atomically."""
     directory = Path(directory)
     with writing(directory):
         directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"ckpt-{iteration:09d}.pt"
     atomic_write_bytes(path, checkpoint_bytes(state))
-    for old in sorted(directory.glob(PATTERN))[:-keep]:
-        with writing(old):
-            old.unlink()
+    return path
+
+
+def remove_checkpoints(paths) -> None:
+    for path in paths:
+        with writing(path):
+            path.unlink()
+
+
+def save_checkpoint(directory: Path, iteration: int, state: dict, keep: int = 2) -> Path:
+    """Write ``ckpt-<iteration>.pt`` atomically, then keep only the newest ``keep`` checkpoints
+    (older ones are removed only once the new one is safely on disk)."""
+    path = write_checkpoint(directory, iteration, state)
+    remove_checkpoints(sorted(Path(directory).glob(PATTERN))[:-keep])
     return path
 
 
@@ -122,10 +132,7 @@ def load_latest_checkpoint(directory: Path) -> tuple[dict, Path]:
 def remove_checkpoints_after(directory: Path, iteration: int) -> None:
     """Delete checkpoints under ``directory`` (and its subfolders) from past ``iteration``: a run
     continued from ``iteration`` must not report a best state that it has not reached again."""
-    for path in Path(directory).rglob(PATTERN):
-        if checkpoint_iteration(path) > iteration:
-            with writing(path):
-                path.unlink()
+    remove_checkpoints([path for path in Path(directory).rglob(PATTERN) if checkpoint_iteration(path) > iteration])
 
 
 def _run_folder(directory: Path) -> Path:
@@ -146,19 +153,43 @@ def export_weights(run_dir: Path, states: dict[str, dict], **metadata) -> None:
     atomic_write_bytes(Path(run_dir) / WEIGHTS, save(flat, metadata={k: str(v) for k, v in metadata.items()}))
 
 
-class BestCheckpoint:
-    """Keeps the state with the highest validation score so far in ``directory`` (one file), under
-    ``key`` in the saved dict; the score carries over a resume (read at the first offer, after the
-    run folder has dropped checkpoints from past the resumed iteration)."""
+def intact_checkpoints(directory: Path) -> list[tuple[Path, dict]]:
+    """Every checkpoint in ``directory`` that loads, oldest first; damaged ones are skipped with a warning."""
+    found = []
+    for path in sorted(Path(directory).glob(PATTERN)):
+        try:
+            found.append((path, read_checkpoint(path)))
+        except CorruptCheckpoint as error:
+            warnings.warn(f"mamlkit: {error}; skipping it", stacklevel=2)
+    return found
 
-    def __init__(self, directory: Path, key: str):
-        self.directory, self.key = Path(directory), key
-        self.score: float | None = None
+
+def load_best(directory: Path, key: str, count: int = 1) -> list[dict]:
+    """The ``count`` intact checkpoints in ``directory`` with the highest ``key``, best first (a tie goes
+    to the earlier iteration, as in ``BestCheckpoint``)."""
+    ranked = sorted((state for _, state in intact_checkpoints(directory)), key=lambda state: -state[key])
+    if not ranked:
+        load_latest_checkpoint(directory)  # raises the error that says what to do
+    return ranked[:count]
+
+
+class BestCheckpoint:
+    """Keeps the ``keep`` states with the highest validation scores so far in ``directory`` (one file
+    each), under ``key`` in the saved dict. ``keep`` > 1 serves tests of an ensemble of the best
+    checkpoints (MAML++'s protocol). The scores carry over a resume (read at the first offer, after
+    the run folder has dropped checkpoints from past the resumed iteration)."""
+
+    def __init__(self, directory: Path, key: str, keep: int = 1):
+        self.directory, self.key, self.keep = Path(directory), key, keep
+        self.scores: dict[Path, float] | None = None
 
     def offer(self, iteration: int, score: float, state: dict) -> None:
-        if self.score is None:
-            saved = any(self.directory.glob(PATTERN))
-            self.score = load_latest_checkpoint(self.directory)[0][self.key] if saved else float("-inf")
-        if score > self.score:
-            self.score = score
-            save_checkpoint(self.directory, iteration, {"iteration": iteration, self.key: score, **state}, keep=1)
+        if self.scores is None:
+            self.scores = {path: saved[self.key] for path, saved in intact_checkpoints(self.directory)}
+        if len(self.scores) >= self.keep and score <= min(self.scores.values()):
+            return
+        path = write_checkpoint(self.directory, iteration, {"iteration": iteration, self.key: score, **state})
+        self.scores[path] = score
+        ranked = sorted(self.scores, key=lambda p: (-self.scores[p], p.name))  # a tie: the earlier stays
+        self.scores = {p: self.scores[p] for p in ranked[:self.keep]}
+        remove_checkpoints([p for p in self.directory.glob(PATTERN) if p not in self.scores])  # damaged ones too

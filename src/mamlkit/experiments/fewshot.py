@@ -1,10 +1,12 @@
 """Few-shot image classification (paper §5.2, Table 1): Omniglot, MiniImagenet and any folder of
 class folders (``mamlkit train images --data DIR``).
 
-The protocol is code, not a convention: the checkpoint is chosen on validation accuracy (never an
-ensemble), the test set is 600 tasks of classes never seen in training, and accuracy is reported
-after every inner step with a 95% confidence interval. Under torchrun the meta-batch, the
-validation tasks and the test tasks are sharded over the ranks; rank 0 writes every output.
+The protocol is code, not a convention: the checkpoint is chosen on validation accuracy, the test
+set is 600 tasks of classes never seen in training, and accuracy is reported after every inner step
+with a 95% confidence interval. ``--ensemble N`` tests the mean prediction of the N checkpoints best
+on validation instead (MAML++'s published protocol), beside the best one alone. Under torchrun the
+meta-batch, the validation tasks and the test tasks are sharded over the ranks; rank 0 writes every
+output.
 """
 
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from mamlkit.checks import check_config
 from mamlkit.compiled_iteration import one_call
 from mamlkit.cuda_graph import GraphedMetaLearner
 from mamlkit.engine import distributed
-from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_latest_checkpoint
+from mamlkit.engine.checkpoint import BestCheckpoint, export_weights, load_best
 from mamlkit.engine.distributed import Device
 from mamlkit.engine.run import write_json
 from mamlkit.engine.trainer import MetaLearner, TrainLoop
@@ -92,6 +94,8 @@ class FewShotConfig:
     """fixed validation episodes that select the checkpoint"""
     eval_tasks: int = 600
     """test episodes in the final evaluation"""
+    ensemble: int = 1
+    """keep the N checkpoints best on validation and test their mean adapted logits (MAML++'s protocol: 5)"""
     eval_chunk: int = 100
     """episodes adapted at once during validation and testing (bounds memory)"""
     checkpoint_every: int = 500
@@ -122,8 +126,8 @@ class FewShotConfig:
     def __post_init__(self):
         check_config(self, whole=("inner_steps", "eval_inner_steps", "workers", "meta_batch_chunk"),
                      positive=("iterations", "ways", "shots", "queries", "meta_batch", "validate_every",
-                               "validation_tasks", "eval_tasks", "eval_chunk", "checkpoint_every", "log_every",
-                               "threads", "image_size"),
+                               "validation_tasks", "eval_tasks", "ensemble", "eval_chunk", "checkpoint_every",
+                               "log_every", "threads", "image_size"),
                      rates=("inner_lr", "meta_lr"))
         if self.channels not in (1, 3):
             raise MamlkitError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
@@ -226,7 +230,7 @@ def train(config: FewShotConfig, run_dir: Path, resume: bool = False) -> dict:
     maml = make_maml(config, build_model(config))
     optimizer = torch.optim.Adam(maml.parameters(), lr=config.meta_lr)
     validation = fixed_tasks(samplers["val"], config.validation_tasks, VALIDATION_SEED, device)
-    best = BestCheckpoint(Path(run_dir) / "best", "val_accuracy") if distributed.is_main() else None
+    best = BestCheckpoint(Path(run_dir) / "best", "val_accuracy", config.ensemble) if distributed.is_main() else None
 
     def validate(iteration: int) -> dict[str, float]:
         value = accuracy_curves(maml, validation, config.eval_chunk)[:, -1].mean().item()
@@ -260,31 +264,60 @@ def choose_learner(config: FewShotConfig, maml: MAML, optimizer: torch.optim.Opt
     return GraphedMetaLearner(maml, optimizer, config.clip_value or None) if graphed else eager
 
 
-def load_trained(config: FewShotConfig, run_dir: Path) -> tuple[MAML, dict]:
-    """The meta-learner of the run's best-on-validation checkpoint, and that checkpoint."""
-    state = distributed.from_main(lambda: load_latest_checkpoint(Path(run_dir) / "best")[0])
+def load_trained(config: FewShotConfig, run_dir: Path, count: int = 1) -> tuple[MAML, list[dict]]:
+    """The meta-learner of the run's best-on-validation checkpoint, and the ``count`` best checkpoints."""
+    states = distributed.from_main(lambda: load_best(Path(run_dir) / "best", "val_accuracy", count))
     maml = make_maml(config, build_model(config))
-    maml.load_state_dict(state["model"])
-    return maml, state
+    maml.load_state_dict(states[0]["model"])
+    return maml, states
+
+
+def query_logits(maml: MAML, tasks: tuple, chunk: int) -> torch.Tensor:
+    """The query logits after 0..eval_inner_steps steps, per task of every rank: ``[T, steps + 1, Q, N]``."""
+    logits = maml.evaluate(*tasks, metrics={"logits": lambda prediction, target: prediction}, chunk_size=chunk)
+    return distributed.gather_tasks(logits["logits"])
+
+
+def alone_and_ensemble(maml: MAML, states: list[dict], tasks: tuple, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task test accuracy after each step, ``[T, steps + 1]``, of the first state alone and of the mean
+    logits of all ``states`` (the official MAML++ ensemble: each checkpoint adapts on its own)."""
+    labels = distributed.gather_tasks(tasks[3]).cpu()[:, None]
+    logits = []
+    for state in states:
+        maml.load_state_dict(state["model"])
+        logits.append(query_logits(maml, tasks, chunk).cpu())
+    maml.load_state_dict(states[0]["model"])
+
+    def accuracy_of(prediction):
+        return (prediction.argmax(dim=-1) == labels).float().mean(dim=-1)
+
+    return accuracy_of(logits[0]), accuracy_of(torch.stack(logits).mean(dim=0))
+
+
+def summary(curves: torch.Tensor) -> dict:
+    """Mean and 95% CI after each step, and each task's accuracy after the last (for benchmarks/paired.py)."""
+    mean, ci = mean_and_ci95(curves * 100)
+    return {"accuracy": mean.tolist(), "ci95": ci.tolist(),
+            "task_accuracy": [round(a, 4) for a in (curves[:, -1] * 100).tolist()]}
 
 
 def evaluate(config: FewShotConfig, run_dir: Path, samplers: dict | None = None) -> dict:
-    """Test accuracy of the best-on-validation checkpoint: table, results.json, learning curve."""
+    """Test accuracy of the best-on-validation checkpoint (or ensemble): table, results.json, learning curve."""
     torch.set_num_threads(config.threads)
     samplers = samplers or load_samplers(config)
-    maml, state = load_trained(config, run_dir)
+    maml, states = load_trained(config, run_dir, config.ensemble)
     test = fixed_tasks(samplers["test"], config.eval_tasks, TEST_SEED, distributed.resolve_device(config.device))
-    curves = accuracy_curves(maml, test, config.eval_chunk).cpu()
-    mean, ci = mean_and_ci95(curves * 100)
+    alone, ensemble = alone_and_ensemble(maml, states, test, config.eval_chunk)
     results = {"metric": "test accuracy % after each inner step (index = steps)", "algo": config.algo,
-               "checkpoint_iteration": state["iteration"], "val_accuracy": state["val_accuracy"],
-               "eval_tasks": config.eval_tasks, "accuracy": mean.tolist(), "ci95": ci.tolist(),
-               # per test task after the last step, for paired comparisons of runs (benchmarks/paired.py)
-               "task_accuracy": [round(a, 4) for a in (curves[:, -1] * 100).tolist()]}
+               "checkpoint_iteration": states[0]["iteration"], "val_accuracy": states[0]["val_accuracy"],
+               "eval_tasks": config.eval_tasks, **summary(ensemble)}
+    if config.ensemble > 1:
+        results.update(ensemble=[{"iteration": s["iteration"], "val_accuracy": s["val_accuracy"]} for s in states],
+                       best_alone=summary(alone))
     if not distributed.is_main():
         return results
     write_json(Path(run_dir) / "results.json", results)
-    export_weights(run_dir, {"maml": maml.state_dict()}, iteration=state["iteration"], algo=config.algo)
+    export_weights(run_dir, {"maml": maml.state_dict()}, iteration=states[0]["iteration"], algo=config.algo)
     print(format_table(results))
     from mamlkit.experiments.fewshot_plots import plot_learning_curve  # matplotlib only when plotting
     plot_learning_curve(run_dir, results, Path(run_dir) / "learning_curve.png")
@@ -293,10 +326,19 @@ def evaluate(config: FewShotConfig, run_dir: Path, samplers: dict | None = None)
 
 def format_table(results: dict) -> str:
     steps = range(len(results["accuracy"]))
+
+    def row(name, summary):
+        cells = (f"{a:.2f} ± {c:.2f}" for a, c in zip(summary["accuracy"], summary["ci95"]))
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    members = results.get("ensemble", [])
+    rows = [row("test accuracy %", results)] if not members else [
+        row(f"mean of the {len(members)} best, test accuracy %", results),
+        row("best alone, test accuracy %", results["best_alone"])]
+    chosen = (f"checkpoints from iterations {', '.join(str(m['iteration']) for m in members)}" if members else
+              f"checkpoint from iteration {results['checkpoint_iteration']}")
     return "\n".join([
         "| inner steps | " + " | ".join(str(s) for s in steps) + " |",
-        "|---|" + "---|" * len(steps),
-        "| test accuracy % | " + " | ".join(f"{a:.2f} ± {c:.2f}" for a, c in zip(results["accuracy"],
-                                                                          results["ci95"])) + " |",
-        f"(checkpoint from iteration {results['checkpoint_iteration']}, "
-        f"validation accuracy {100 * results['val_accuracy']:.2f}%, {results['eval_tasks']} test tasks)"])
+        "|---|" + "---|" * len(steps), *rows,
+        f"({chosen}, validation accuracy {100 * results['val_accuracy']:.2f}%"
+        f"{' for the best' if members else ''}, {results['eval_tasks']} test tasks)"])

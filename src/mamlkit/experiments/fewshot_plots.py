@@ -22,8 +22,9 @@ def plot_learning_curve(run_dir: Path, results: dict, path: Path) -> None:
     left.set_ylabel("query loss after adaptation (train)")
     if val:
         right.plot(*zip(*val), "o-", color="tab:green", ms=3, label="validation")
+    tested = f"mean of the {len(results['ensemble'])} best" if "ensemble" in results else "best checkpoint"
     right.axhline(results["accuracy"][-1], color="tab:red", ls="--",
-                  label=f"test (best checkpoint): {results['accuracy'][-1]:.1f}%")
+                  label=f"test ({tested}): {results['accuracy'][-1]:.1f}%")
     right.set_xlabel("meta-iteration")
     right.set_ylabel("accuracy after adaptation (%)")
     right.legend(loc="lower right")
