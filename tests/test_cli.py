@@ -90,7 +90,7 @@ def test_enumerations_list_their_choices(capsys):
     assert main(["train", "omniglot-5w1s", "--help"]) == 0
     text = flat(capsys.readouterr().out)
     for choices in ("--dataset {omniglot,miniimagenet,images}", "--batching {auto,vmap,loop}",
-                    "--split {paper,vinyals}", "--model {conv,mlp}", "--loss-scale {official,mean}",
+                    "--split {paper,vinyals}", "--model {conv,conv-pool,mlp}", "--loss-scale {official,mean}",
                     "--compile {auto,on,off,cuda-graph}"):
         assert choices in text
 

@@ -138,3 +138,18 @@ def test_missing_miniimagenet_names_the_expected_files(tmp_path, capsys):
 def test_mlp_only_for_omniglot():
     with pytest.raises(ValueError, match="Omniglot's baseline"):
         FewShotConfig(dataset="miniimagenet", model="mlp")
+
+
+def test_conv_pool_is_maml_plus_plus_omniglot_network():
+    """Stride-1 convs, each block max-pooled: 28 → 14 → 7 → 3 → 1, the parameters of the strided net."""
+    pooled, strided = (build_model(FewShotConfig(model=name)) for name in ("conv-pool", "conv"))
+    convs = [m for m in pooled.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and all(c.stride == (1, 1) and c.padding == (1, 1) for c in convs)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in pooled.modules()) == 4
+    assert [p.shape for p in pooled.parameters()] == [p.shape for p in strided.parameters()]
+    images = torch.rand(2, 1, 28, 28)
+    assert pooled[:4](images).shape == (2, 64, 1, 1) and pooled(images).shape == (2, 5)
+    with pytest.raises(ValueError, match="max-pools already"):
+        FewShotConfig(dataset="miniimagenet", model="conv-pool")
+    with pytest.raises(ValueError, match="--image-size 16 or more"):
+        FewShotConfig(dataset="images", model="conv-pool", image_size=12)

@@ -48,8 +48,8 @@ class FewShotConfig:
     """download Omniglot into --data first if it is not there"""
     split: Literal["paper", "vinyals"] = "paper"
     """Omniglot's class split: paper (1200 training characters, 100 of them validate) or vinyals (by alphabet)"""
-    model: Literal["conv", "mlp"] = "conv"
-    """conv: the paper's 4-layer CNN; mlp: Omniglot's no-convolution baseline"""
+    model: Literal["conv", "conv-pool", "mlp"] = "conv"
+    """conv: the paper's 4-layer CNN; conv-pool: stride 1 and 2×2 max-pools (MAML++'s); mlp: Omniglot's baseline"""
     image_size: int = 28
     """images: side in pixels every image is resized to"""
     channels: int = 1
@@ -133,6 +133,11 @@ class FewShotConfig:
             raise MamlkitError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
         if self.model == "mlp" and self.dataset == "miniimagenet":
             raise MamlkitError("the no-convolution MLP is Omniglot's baseline; use --model conv for MiniImagenet")
+        if self.model == "conv-pool" and self.dataset == "miniimagenet":
+            raise MamlkitError("MiniImagenet's conv net max-pools already; use --model conv")
+        if self.model == "conv-pool" and self.dataset == "images" and self.image_size < 16:
+            raise MamlkitError(f"--model conv-pool halves the image four times and needs --image-size 16 or more, "
+                               f"got {self.image_size}")
 
 
 def scaled_cross_entropy(prediction: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
@@ -154,11 +159,10 @@ def build_model(config: FewShotConfig) -> torch.nn.Module:
     torch.manual_seed(config.seed)
     if config.dataset == "miniimagenet":
         model = miniimagenet_conv(config.ways)
-    elif config.dataset == "images":  # Omniglot's networks: global mean pooling fits any image size
-        model = (omniglot_conv(config.ways, channels=config.channels) if config.model == "conv"
-                 else omniglot_mlp(config.ways, pixels=config.channels * config.image_size ** 2))
-    else:
-        model = omniglot_conv(config.ways) if config.model == "conv" else omniglot_mlp(config.ways)
+    else:  # Omniglot's networks, also for own images (global mean pooling fits any image size)
+        channels, size = (config.channels, config.image_size) if config.dataset == "images" else (1, 28)
+        model = (omniglot_mlp(config.ways, pixels=channels * size ** 2) if config.model == "mlp" else
+                 omniglot_conv(config.ways, channels=channels, max_pool=config.model == "conv-pool"))
     return model.to(distributed.resolve_device(config.device))
 
 

@@ -13,9 +13,10 @@ def conv_block(in_channels: int, out_channels: int, max_pool: bool) -> nn.Sequen
                          TransductiveBatchNorm(out_channels), nn.ReLU(), *pool)
 
 
-def omniglot_conv(ways: int, filters: int = 64, channels: int = 1) -> nn.Sequential:
-    """4 blocks of stride-2 convs (28 → 14 → 7 → 4 → 2), global mean over space, linear."""
-    blocks = [conv_block(channels if i == 0 else filters, filters, max_pool=False) for i in range(4)]
+def omniglot_conv(ways: int, filters: int = 64, channels: int = 1, max_pool: bool = False) -> nn.Sequential:
+    """4 blocks of stride-2 convs (28 → 14 → 7 → 4 → 2), or with ``max_pool`` of stride-1 convs and
+    2×2 max-pooling (28 → 14 → 7 → 3 → 1: MAML++'s Omniglot network), global mean over space, linear."""
+    blocks = [conv_block(channels if i == 0 else filters, filters, max_pool) for i in range(4)]
     return nn.Sequential(*blocks, GlobalMean(), nn.Linear(filters, ways))
 
 
