@@ -67,8 +67,11 @@ def comparison_table(base: Path, runs: list[Path]) -> str:
         paired_cells = ("—", "—") if run == base else (f"{difference[0]:+.2f} ± {difference[1]:.2f}",
                                                        f"{result['a_better']} / {result['b_better']}")
         published = PUBLISHED.get((config["algo"], config["ways"], config["shots"]), "—")
+        selected = f"{results['checkpoint_iteration']:,} ({100 * results['val_accuracy']:.2f})"
+        if "ensemble" in results:  # --ensemble N: the mean prediction of the N best; the best one named
+            selected = f"mean of the {len(results['ensemble'])} best; best {selected}"
         lines.append(f"| {config['algo']} ([run]({os.path.relpath(run, ROOT)})) | {trained:,} ({config['iterations']:,}) "
-                     f"| {results['checkpoint_iteration']:,} ({100 * results['val_accuracy']:.2f}) "
+                     f"| {selected} "
                      f"| {test[0]:.2f} ± {test[1]:.2f} | {' | '.join(paired_cells)} | {published} |")
     return "\n".join(lines) + f"\n\n({result['tasks']} test tasks, ± 95% CI, after each learner's last test step)"
 

@@ -48,12 +48,15 @@ def test_the_comparison_table_puts_each_run_against_the_base_beside_its_paper(tm
                                           ("other", "mamlpp", [100.0, 80.0, 60.0, 100.0], 1200)):
         run = run_folder(tmp_path / name, accuracy, algo=algo, iterations=2000)
         results = json.loads((run / "results.json").read_text())
-        (run / "results.json").write_text(json.dumps({**results, "checkpoint_iteration": 500, "val_accuracy": 0.9}))
+        ensemble = {"ensemble": [{"iteration": 500}, {"iteration": 1000}]} if algo == "mamlpp" else {}
+        (run / "results.json").write_text(json.dumps({**results, "checkpoint_iteration": 500, "val_accuracy": 0.9,
+                                                      **ensemble}))
         (run / "metrics.jsonl").write_text(json.dumps({"iteration": trained // 2}) + "\n"
                                            + json.dumps({"iteration": trained}) + "\n")
         runs.append(run)
     lines = paired.comparison_table(runs[0], runs[1:]).splitlines()
     base, other = lines[2].split(" | "), lines[3].split(" | ")
     assert base[1:6] == ["900 (2,000)", "500 (90.00)", "75.00 ± 24.66", "—", "—"]
-    assert other[1:6] == ["1,200 (2,000)", "500 (90.00)", "85.00 ± 18.77", "+10.00 ± 11.32", "2 / 0"]
+    assert other[1:6] == ["1,200 (2,000)", "mean of the 2 best; best 500 (90.00)", "85.00 ± 18.77", "+10.00 ± 11.32",
+                          "2 / 0"]
     assert other[6].startswith("99.47, ensemble of 5") and base[6].startswith("98.7 ± 0.4")
