@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from mamlkit.engine.checkpoint import intact_checkpoints, load_best  # noqa: E402
 from mamlkit.engine.run import evaluation_config, saved_config  # noqa: E402
-from mamlkit.experiments.fewshot import (TEST_SEED, alone_and_ensemble, build_model, fixed_tasks,  # noqa: E402
-                                         load_samplers, make_maml)
+from mamlkit.experiments.fewshot import (TEST_SEED, build_model, fixed_tasks, load_samplers,  # noqa: E402
+                                         make_maml, member_logits, task_accuracy)
 from mamlkit.stats import mean_and_ci95  # noqa: E402
 
 
@@ -47,13 +47,18 @@ def table(run: Path, data: str | None) -> tuple[str, list[dict]]:
     states = members(run)
     maml = make_maml(config, build_model(config))
     tasks = fixed_tasks(load_samplers(config)["test"], config.eval_tasks, TEST_SEED)
-    best_alone = alone_and_ensemble(maml, states[:1], tasks, config.eval_chunk)[0][:, -1] * 100
+    logits = member_logits(maml, states, tasks, config.eval_chunk)  # each member adapts once
+
+    def final_accuracy(chosen):
+        return task_accuracy(logits[list(chosen)].mean(dim=0), tasks)[:, -1] * 100
+
+    best_alone = final_accuracy([0])
     rows = []
     for size in range(1, len(states) + 1):
         for chosen in combinations(range(len(states)), size):
             if size > 1 and 0 not in chosen:
                 continue  # ensembles always hold the selected checkpoint
-            accuracy = alone_and_ensemble(maml, [states[i] for i in chosen], tasks, config.eval_chunk)[1][:, -1] * 100
+            accuracy = final_accuracy(chosen)
             (mean, difference), (ci, difference_ci) = mean_and_ci95(torch.stack([accuracy, accuracy - best_alone], 1))
             rows.append({"iterations": [states[i]["iteration"] for i in chosen], "accuracy": mean.item(),
                          "ci95": ci.item(), "minus_best_alone": difference.item(),

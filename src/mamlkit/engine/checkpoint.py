@@ -165,12 +165,16 @@ def intact_checkpoints(directory: Path) -> list[tuple[Path, dict]]:
 
 
 def load_best(directory: Path, key: str, count: int = 1) -> list[dict]:
-    """The ``count`` intact checkpoints in ``directory`` with the highest ``key``, best first (a tie goes
-    to the earlier iteration, as in ``BestCheckpoint``)."""
-    ranked = sorted((state for _, state in intact_checkpoints(directory)), key=lambda state: -state[key])
-    if not ranked:
+    """The ``count`` intact checkpoints in ``directory`` with the highest ``key``, best first."""
+    states = dict(intact_checkpoints(directory))
+    if not states:
         load_latest_checkpoint(directory)  # raises the error that says what to do
-    return ranked[:count]
+    return [states[path] for path in best_first({path: state[key] for path, state in states.items()})[:count]]
+
+
+def best_first(scores: dict[Path, float]) -> list[Path]:
+    """Checkpoint files by score, highest first; a tie goes to the earlier iteration (the earlier name)."""
+    return sorted(scores, key=lambda path: (-scores[path], path.name))
 
 
 class BestCheckpoint:
@@ -190,6 +194,5 @@ class BestCheckpoint:
             return
         path = write_checkpoint(self.directory, iteration, {"iteration": iteration, self.key: score, **state})
         self.scores[path] = score
-        ranked = sorted(self.scores, key=lambda p: (-self.scores[p], p.name))  # a tie: the earlier stays
-        self.scores = {p: self.scores[p] for p in ranked[:self.keep]}
+        self.scores = {p: self.scores[p] for p in best_first(self.scores)[:self.keep]}
         remove_checkpoints([p for p in self.directory.glob(PATTERN) if p not in self.scores])  # damaged ones too

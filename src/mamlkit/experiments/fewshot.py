@@ -282,20 +282,27 @@ def query_logits(maml: MAML, tasks: tuple, chunk: int) -> torch.Tensor:
     return distributed.gather_tasks(logits["logits"])
 
 
+def member_logits(maml: MAML, states: list[dict], tasks: tuple, chunk: int) -> torch.Tensor:
+    """Each state's query logits, adapted on its own, stacked: ``[M, T, steps + 1, Q, N]``. ``maml`` is
+    left holding ``states[0]``."""
+    logits = []
+    for state in reversed(states):
+        maml.load_state_dict(state["model"])
+        logits.append(query_logits(maml, tasks, chunk).cpu())
+    return torch.stack(logits[::-1])
+
+
+def task_accuracy(logits: torch.Tensor, tasks: tuple) -> torch.Tensor:
+    """Per-task accuracy of query ``logits`` ``[T, steps + 1, Q, N]`` on every rank's tasks: ``[T, steps + 1]``."""
+    labels = distributed.gather_tasks(tasks[3]).cpu()[:, None]
+    return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
+
+
 def alone_and_ensemble(maml: MAML, states: list[dict], tasks: tuple, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task test accuracy after each step, ``[T, steps + 1]``, of the first state alone and of the mean
     logits of all ``states`` (the official MAML++ ensemble: each checkpoint adapts on its own)."""
-    labels = distributed.gather_tasks(tasks[3]).cpu()[:, None]
-    logits = []
-    for state in states:
-        maml.load_state_dict(state["model"])
-        logits.append(query_logits(maml, tasks, chunk).cpu())
-    maml.load_state_dict(states[0]["model"])
-
-    def accuracy_of(prediction):
-        return (prediction.argmax(dim=-1) == labels).float().mean(dim=-1)
-
-    return accuracy_of(logits[0]), accuracy_of(torch.stack(logits).mean(dim=0))
+    logits = member_logits(maml, states, tasks, chunk)
+    return task_accuracy(logits[0], tasks), task_accuracy(logits.mean(dim=0), tasks)
 
 
 def summary(curves: torch.Tensor) -> dict:
