@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from mamlkit.engine.checkpoint import intact_checkpoints, load_best  # noqa: E402
 from mamlkit.engine.run import evaluation_config, saved_config  # noqa: E402
 from mamlkit.experiments.fewshot import (TEST_SEED, build_model, fixed_tasks, load_samplers,  # noqa: E402
-                                         make_maml, member_logits, task_accuracy)
+                                         make_maml, member_logits, query_labels, task_accuracy)
 from mamlkit.stats import mean_and_ci95  # noqa: E402
 
 
@@ -48,9 +48,10 @@ def table(run: Path, data: str | None) -> tuple[str, list[dict]]:
     maml = make_maml(config, build_model(config))
     tasks = fixed_tasks(load_samplers(config)["test"], config.eval_tasks, TEST_SEED)
     logits = member_logits(maml, states, tasks, config.eval_chunk)  # each member adapts once
+    labels = query_labels(tasks)
 
     def final_accuracy(chosen):
-        return task_accuracy(logits[list(chosen)].mean(dim=0), tasks)[:, -1] * 100
+        return task_accuracy(logits[list(chosen)].mean(dim=0), labels)[:, -1] * 100
 
     best_alone = final_accuracy([0])
     rows = []

@@ -292,17 +292,21 @@ def member_logits(maml: MAML, states: list[dict], tasks: tuple, chunk: int) -> t
     return torch.stack(logits[::-1])
 
 
-def task_accuracy(logits: torch.Tensor, tasks: tuple) -> torch.Tensor:
-    """Per-task accuracy of query ``logits`` ``[T, steps + 1, Q, N]`` on every rank's tasks: ``[T, steps + 1]``."""
-    labels = distributed.gather_tasks(tasks[3]).cpu()[:, None]
+def query_labels(tasks: tuple) -> torch.Tensor:
+    """The query labels of every rank's tasks, shaped to meet ``query_logits``: ``[T, 1, Q]``."""
+    return distributed.gather_tasks(tasks[3]).cpu()[:, None]
+
+
+def task_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-task accuracy of query ``logits`` ``[T, steps + 1, Q, N]`` against ``query_labels``: ``[T, steps + 1]``."""
     return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
 
 
 def alone_and_ensemble(maml: MAML, states: list[dict], tasks: tuple, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task test accuracy after each step, ``[T, steps + 1]``, of the first state alone and of the mean
     logits of all ``states`` (the official MAML++ ensemble: each checkpoint adapts on its own)."""
-    logits = member_logits(maml, states, tasks, chunk)
-    return task_accuracy(logits[0], tasks), task_accuracy(logits.mean(dim=0), tasks)
+    logits, labels = member_logits(maml, states, tasks, chunk), query_labels(tasks)
+    return task_accuracy(logits[0], labels), task_accuracy(logits.mean(dim=0), labels)
 
 
 def summary(curves: torch.Tensor) -> dict:
