@@ -59,6 +59,14 @@ def test_the_installed_entry_point_prints_help_and_version():
     assert version_run.returncode == 0 and version_run.stdout == f"mamlkit {version('mamlkit')}\n"
 
 
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`mamlkit train --help | head` closes the pipe before the help is written."""
+    run = subprocess.Popen([sys.executable, "-m", "mamlkit", "train", "--help"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.stdout.close()  # long before the interpreter has imported torch and written a line
+    assert run.wait() == 1 and run.stderr.read() == ""
+
+
 def test_train_help_lists_every_preset_with_its_summary(capsys):
     assert main(["train", "--help"]) == 0
     text = flat(capsys.readouterr().out)

@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (rank {os.environ['RANK']})" if distributed.launched_by_torchrun() else ""
         print(f"mamlkit: error{where}: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader closed our output early, as `mamlkit train --help | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and the flush at exit stays quiet
+        return 1
     except KeyboardInterrupt as interrupt:
         run_dir = getattr(interrupt, "run_dir", None)
         hint = f"; continue with `mamlkit train --resume {run_dir}`" if run_dir else ""
