@@ -70,7 +70,8 @@ def comparison_table(base: Path, runs: list[Path]) -> str:
         selected = f"{results['checkpoint_iteration']:,} ({100 * results['val_accuracy']:.2f})"
         if "ensemble" in results:  # --ensemble N: the mean prediction of the N best; the best one named
             selected = f"mean of the {len(results['ensemble'])} best; best {selected}"
-        lines.append(f"| {config['algo']} ([run]({os.path.relpath(run, ROOT)})) | {trained:,} ({config['iterations']:,}) "
+        network = "" if config.get("model", "conv") == "conv" else f", {config['model']}"  # conv: the MAML paper's
+        lines.append(f"| {config['algo']}{network} ([run]({os.path.relpath(run, ROOT)})) | {trained:,} ({config['iterations']:,}) "
                      f"| {selected} "
                      f"| {test[0]:.2f} ± {test[1]:.2f} | {' | '.join(paired_cells)} | {published} |")
     return "\n".join(lines) + f"\n\n({result['tasks']} test tasks, ± 95% CI, after each learner's last test step)"

@@ -46,7 +46,8 @@ def test_the_comparison_table_puts_each_run_against_the_base_beside_its_paper(tm
     runs = []
     for name, algo, accuracy, trained in (("base", "maml", [80.0, 80.0, 40.0, 100.0], 900),
                                           ("other", "mamlpp", [100.0, 80.0, 60.0, 100.0], 1200)):
-        run = run_folder(tmp_path / name, accuracy, algo=algo, iterations=2000)
+        run = run_folder(tmp_path / name, accuracy, algo=algo, iterations=2000,
+                         model="conv-pool" if algo == "mamlpp" else "conv")
         results = json.loads((run / "results.json").read_text())
         ensemble = {"ensemble": [{"iteration": 500}, {"iteration": 1000}]} if algo == "mamlpp" else {}
         (run / "results.json").write_text(json.dumps({**results, "checkpoint_iteration": 500, "val_accuracy": 0.9,
@@ -59,4 +60,5 @@ def test_the_comparison_table_puts_each_run_against_the_base_beside_its_paper(tm
     assert base[1:6] == ["900 (2,000)", "500 (90.00)", "75.00 ± 24.66", "—", "—"]
     assert other[1:6] == ["1,200 (2,000)", "mean of the 2 best; best 500 (90.00)", "85.00 ± 18.77", "+10.00 ± 11.32",
                           "2 / 0"]
+    assert base[0].startswith("| maml ([run]") and other[0].startswith("| mamlpp, conv-pool ([run]")  # the network named
     assert other[6].startswith("99.47, ensemble of 5") and base[6].startswith("98.7 ± 0.4")
